@@ -35,20 +35,29 @@ ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": 
 
 # ChatML for `apply_chat_template`; content may be a string or a list of {"type": "image"|"text"} parts.
 CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] != 'system' %}<|im_start|>system\n" + DEFAULT_SYSTEM + "<|im_end|>\n{%- endif %}"
-    "{%- for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{%- if message['content'] is string %}{{ message['content'] }}"
-    "{%- else %}{%- for part in message['content'] %}"
-    "{%- if part['type'] == 'image' %}<image>\n"
-    "{%- elif part['type'] == 'object' %}<object>"
-    "{%- elif part['type'] == 'text' %}{{ part['text'] }}{%- endif %}"
-    "{%- endfor %}{%- endif %}<|im_end|>\n{%- endfor %}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}"
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + DEFAULT_SYSTEM + "<|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n"
+    "{% elif part['type'] == 'object' %}<object>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 
+SAMPLE_PREFIX = "sample:"
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB; a missing or non-image file raises an error naming it."""
+    """Open an image file as RGB; a missing or non-image file raises an error naming it.
+
+    ``sample:NAME`` loads a photograph shipped by scikit-image (``sample:astronaut``, ``sample:coffee``,
+    ``sample:chelsea``, ``sample:rocket``...), so demos need no download.
+    """
+    if isinstance(path, str) and path.startswith(SAMPLE_PREFIX):
+        return _sample_image(path[len(SAMPLE_PREFIX):])
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
@@ -56,6 +65,21 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise FileNotFoundError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path}: not a readable image (expected PNG/JPEG/...): {e}") from None
+
+
+def _sample_image(name: str) -> Image.Image:
+    try:
+        from skimage import data
+    except ImportError:
+        raise ValueError(f"sample:{name} needs scikit-image (pip install scikit-image)") from None
+    getter = getattr(data, name, None)
+    if getter is None or not callable(getter):
+        raise ValueError(f"sample:{name}: scikit-image has no sample image {name!r} (try astronaut, coffee, "
+                         "chelsea, rocket)")
+    arr = getter()
+    if arr.ndim != 3:
+        raise ValueError(f"sample:{name} is not a colour photograph")
+    return Image.fromarray(arr[..., :3]).convert("RGB")
 
 
 class TinyGGProcessor(ProcessorMixin):
