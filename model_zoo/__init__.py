@@ -7,10 +7,10 @@
 CLI: ``tinygg zoo list | info | download | verify | add | card | publish | convert``.
 """
 
-from .add import add
-from .card import card
+from .add_checkpoint import add
+from .model_card import card
 from .integrity import ChecksumMismatchError, PickleCheckpointError, VerifyReport
-from .publish import PublishError, publish
+from .hub_publish import PublishError, publish
 from .registry import Entry, Registry, RegistryError, UnknownModelError, load_registry
 from .resolve import ModelNotAvailableError, download, resolve_model, verify
 

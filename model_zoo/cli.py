@@ -102,7 +102,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
-    from .add import add
+    from .add_checkpoint import add
 
     entry = add(args.name, args.from_dir, kind=args.kind, preset=args.preset, stage=args.stage,
                 parent=args.parent, description=args.description or "", license=args.license,
@@ -115,7 +115,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
-    from .card import card
+    from .model_card import card
 
     text = card(args.name, args.eval or ())
     if args.out:
@@ -128,7 +128,7 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from .publish import publish
+    from .hub_publish import publish
 
     url = publish(args.name, args.repo_id, private=args.private, eval_json=args.eval or ())
     print(url)

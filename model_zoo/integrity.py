@@ -151,18 +151,19 @@ class VerifyReport:
         return f"{self.directory}: {'OK' if self.ok else 'FAILED'} ({parts or 'no files'})"
 
 
-def _load_stamp(directory: Path) -> dict[str, dict]:
+def _load_stamp(stamp_file: Path) -> dict[str, dict]:
     try:
-        return json.loads((directory / STAMP_NAME).read_text())
+        return json.loads(stamp_file.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
 
 
-def _save_stamp(directory: Path, stamp: dict[str, dict]) -> None:
+def _save_stamp(stamp_file: Path, stamp: dict[str, dict]) -> None:
     try:
-        (directory / STAMP_NAME).write_text(json.dumps(stamp, indent=1, sort_keys=True))
+        stamp_file.parent.mkdir(parents=True, exist_ok=True)
+        stamp_file.write_text(json.dumps(stamp, indent=1, sort_keys=True))
     except OSError:  # a read-only directory (e.g. an installed package) just re-hashes next time
-        logger.debug("could not write %s in %s", STAMP_NAME, directory)
+        logger.debug("could not write the verification stamp %s", stamp_file)
 
 
 def file_digest(directory: Path, rel: str, stamp: dict[str, dict]) -> str:
@@ -177,14 +178,16 @@ def file_digest(directory: Path, rel: str, stamp: dict[str, dict]) -> str:
     return digest
 
 
-def verify_directory(directory: str | Path, files: Iterable[FileSpec] = (), *, stamp: bool = True) -> VerifyReport:
+def verify_directory(directory: str | Path, files: Iterable[FileSpec] = (), *,
+                     stamp_file: Path | None = None) -> VerifyReport:
     """Check ``directory`` against the listed ``files`` (sha256 and size) and check every other file it
     holds for what can be checked without a reference (safetensors headers, JSON syntax, no
-    pickle-only weights). ``stamp=False`` neither reads nor writes the verification stamp (used for
-    directories owned by another tool, such as the Hugging Face cache)."""
+    pickle-only weights). The verification stamp is kept in ``stamp_file`` (default: inside the
+    directory; directories owned by another tool, such as the Hugging Face cache, keep it elsewhere)."""
     directory = Path(directory)
     report = VerifyReport(directory)
-    stamps = _load_stamp(directory) if stamp else {}
+    stamp_file = stamp_file or directory / STAMP_NAME
+    stamps = _load_stamp(stamp_file)
     listed = {f.path: f for f in files}
     for rel, spec in listed.items():
         p = directory / rel
@@ -215,6 +218,8 @@ def verify_directory(directory: str | Path, files: Iterable[FileSpec] = (), *, s
                 report.checks.append(FileCheck(rel, "unchecked", "valid JSON; no sha256 in the registry"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 report.checks.append(FileCheck(rel, "corrupt", f"not valid JSON: {exc}"))
+        elif is_pickle_file(rel):
+            report.checks.append(FileCheck(rel, "unchecked", "pickle file: never loaded"))
         else:
             report.checks.append(FileCheck(rel, "unchecked", "no sha256 in the registry"))
     pickles = [r for r in present if is_pickle_file(r)]
@@ -222,6 +227,6 @@ def verify_directory(directory: str | Path, files: Iterable[FileSpec] = (), *, s
         report.checks.append(FileCheck(pickles[0], "refused", pickle_refusal_message("this directory", pickles)))
     if not present and not listed:
         report.checks.append(FileCheck(".", "missing", "directory is empty or does not exist"))
-    if stamp and directory.is_dir():
-        _save_stamp(directory, stamps)
+    if directory.is_dir():
+        _save_stamp(stamp_file, stamps)
     return report

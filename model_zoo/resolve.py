@@ -57,6 +57,19 @@ def _hf_cached_snapshot(entry: Entry) -> Path | None:
     return snap if snap.is_dir() else None
 
 
+def expected_dir(entry: Entry) -> Path:
+    """Where ``entry``'s files are, or will be once downloaded (no network, no check)."""
+    if entry.source.kind == "local":
+        return entry.source.local_dir()
+    if entry.source.kind == "url" or entry.convert_pickle:
+        return store_dir(entry)
+    found = _hf_cached_snapshot(entry)
+    if found is not None:
+        return found
+    repo_dir = hf_source.hf_cache_dir() / ("models--" + (entry.source.repo_id or "").replace("/", "--"))
+    return repo_dir / "snapshots" / (entry.source.revision or "")
+
+
 def locate(entry: Entry) -> Path | None:
     """Where ``entry``'s files are on this machine, without downloading (None if not there)."""
     if entry.source.kind == "local":
@@ -176,20 +189,12 @@ def verify(name_or_dir: str | os.PathLike, *, registry: Registry | None = None) 
         for entry in reg.entries():
             where = locate(entry)
             if where is not None and where.resolve() == resolved:
-                return verify_directory(path, entry.files, stamp=not _in_hf_cache(path))
-        return verify_directory(path, (), stamp=not _in_hf_cache(path))
+                return verify_directory(path, entry.files, stamp_file=hf_source.stamp_file_for(path))
+        return verify_directory(path, (), stamp_file=hf_source.stamp_file_for(path))
     entry = reg.get(raw)
     where = locate(entry)
     if where is None:
-        report = VerifyReport(store_dir(entry) if entry.source.kind != "local" else entry.source.local_dir())
+        report = VerifyReport(expected_dir(entry))
         report.checks.append(FileCheck(".", "missing", f"not downloaded: run `tinygg zoo download {entry.name}`"))
         return report
-    return verify_directory(where, entry.files, stamp=not _in_hf_cache(where))
-
-
-def _in_hf_cache(path: Path) -> bool:
-    try:
-        path.resolve().relative_to(hf_source.hf_cache_dir().resolve())
-        return True
-    except ValueError:
-        return False
+    return verify_directory(where, entry.files, stamp_file=hf_source.stamp_file_for(where))

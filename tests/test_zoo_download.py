@@ -371,6 +371,8 @@ def test_hf_source_downloads_pinned_revision_then_serves_offline(hub, tmp_path, 
     assert resolve_model("acme/tiny-llm", download=False, registry=reg) == path
     assert len(hub.log) == n
     assert verify("acme/tiny-llm", registry=reg).ok
+    assert not (path / ".tinygg-verified.json").exists()  # the HF cache belongs to huggingface_hub
+    assert list((tmp_path / "home" / "stamps").glob("models--acme--tiny-llm--snapshots--*.json"))
 
 
 def test_hf_offline_names_what_is_missing(hub, monkeypatch):

@@ -2,7 +2,7 @@
 
 Needs credentials (``HF_TOKEN``, or ``hf auth login``); without them :class:`PublishError` says so
 before anything is sent. Only safetensors, configs and tokenizer files are uploaded (never pickle
-weights, never hidden files); a README.md is generated with :func:`model_zoo.card.card` unless the
+weights, never hidden files); a README.md is generated with :func:`model_zoo.model_card.card` unless the
 directory has one.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .card import card
+from .model_card import card
 from .integrity import list_model_files, refuse_pickle_checkpoint
 from .registry import Registry, is_pickle_file, load_registry
 from .resolve import resolve_model

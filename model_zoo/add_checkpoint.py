@@ -4,6 +4,12 @@ Every file of the directory (hidden files and pickle weights excepted) is hashed
 the sha256 and size of each, the preset, stage, parent and metrics, and where the files can be fetched:
 the directory itself (``local``, the default), a base URL where they will be uploaded (``url``), or a
 Hugging Face repository at a pinned revision (``hf``).
+
+A directory inside the ``model_zoo`` package is recorded as ``package://...``, so a checkpoint shipped in
+the wheel is registered in the shipped registry with::
+
+    tinygg zoo add tinygg-tiny-demo --from model_zoo/checkpoints/tinygg-tiny-demo --preset tiny \
+        --stage stage3 --eval runs/demo/metrics.json --registry model_zoo/registry.yaml
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ from typing import Any, Iterable, Mapping
 
 from tqdm.auto import tqdm
 
-from .card import metrics_from_eval
+from .model_card import metrics_from_eval
 from .integrity import list_model_files, refuse_pickle_checkpoint, sha256_file
 from .registry import (
+    PACKAGE_DIR,
+    PACKAGE_SCHEME,
     SHIPPED_REGISTRY,
     Entry,
     RegistryError,
@@ -79,6 +87,8 @@ def add(
         source: dict[str, Any] = {"kind": "hf", "repo_id": repo_id, "revision": revision or "main"}
     elif url:
         source = {"kind": "url", "url": url}
+    elif from_dir.is_relative_to(PACKAGE_DIR):  # shipped inside the package: keep the path relocatable
+        source = {"kind": "local", "path": PACKAGE_SCHEME + from_dir.relative_to(PACKAGE_DIR).as_posix()}
     else:
         source = {"kind": "local", "path": str(from_dir)}
     target = Path(registry_path) if registry_path is not None else None
