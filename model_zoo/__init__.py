@@ -8,9 +8,9 @@ CLI: ``tinygg zoo list | info | download | verify | add | card | publish | conve
 """
 
 from .add_checkpoint import add
-from .model_card import card
-from .integrity import ChecksumMismatchError, PickleCheckpointError, VerifyReport
 from .hub_publish import PublishError, publish
+from .integrity import ChecksumMismatchError, PickleCheckpointError, VerifyReport
+from .model_card import card
 from .registry import Entry, Registry, RegistryError, UnknownModelError, load_registry
 from .resolve import ModelNotAvailableError, download, resolve_model, verify
 

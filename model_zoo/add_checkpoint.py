@@ -15,13 +15,14 @@ the wheel is registered in the shipped registry with::
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from .model_card import metrics_from_eval
 from .integrity import list_model_files, refuse_pickle_checkpoint, sha256_file
+from .model_card import metrics_from_eval
 from .registry import (
     PACKAGE_DIR,
     PACKAGE_SCHEME,
@@ -93,7 +94,12 @@ def add(
         source = {"kind": "local", "path": str(from_dir)}
     target = Path(registry_path) if registry_path is not None else None
     reg = load_registry([SHIPPED_REGISTRY, user_registry_path()] + ([target] if target is not None else []))
-    raw: dict[str, Any] = {"name": name, "kind": kind, "source": source, "files": hash_directory(from_dir, progress=progress)}
+    raw: dict[str, Any] = {
+        "name": name,
+        "kind": kind,
+        "source": source,
+        "files": hash_directory(from_dir, progress=progress),
+    }
     for key, value in (("preset", preset), ("stage", stage), ("parent", parent), ("license", license)):
         if value is not None:
             raw[key] = value
@@ -106,7 +112,9 @@ def add(
         raw["metrics"] = merged_metrics
     entry = parse_entry(raw, origin=str(target or "user registry"), index=0)
     if parent is not None and parent not in reg:
-        raise RegistryError(f"entry {name!r}, field 'parent': expected the name of a registry entry, "
-                            f"got {parent!r}.{suggest_names(parent, reg.names())}")
+        raise RegistryError(
+            f"entry {name!r}, field 'parent': expected the name of a registry entry, "
+            f"got {parent!r}.{suggest_names(parent, reg.names())}"
+        )
     write_entry(entry, target, overwrite=overwrite)
     return entry

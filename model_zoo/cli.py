@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    fmt = "  ".join("{:<%d}" % w for w in widths)
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*header).rstrip(), fmt.format(*["-" * w for w in widths])]
     lines += [fmt.format(*r).rstrip() for r in rows]
     return "\n".join(lines)
@@ -45,8 +45,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
     rows = []
     for e in entries:
         avg = e.metrics.get("rec", {}).get("average")
-        rows.append([e.name, e.kind, e.preset or "", e.stage or "", e.source.kind,
-                     f"{100 * avg:.2f}" if avg is not None else "", _status(e)])
+        rows.append(
+            [
+                e.name,
+                e.kind,
+                e.preset or "",
+                e.stage or "",
+                e.source.kind,
+                f"{100 * avg:.2f}" if avg is not None else "",
+                _status(e),
+            ]
+        )
     if not rows:
         print("no models registered")
         return 0
@@ -64,17 +73,32 @@ def _cmd_info(args: argparse.Namespace) -> int:
         out["origin"], out["local_dir"] = e.origin, str(where) if where else None
         print(json.dumps(out, indent=2))
         return 0
-    rows = [["name", e.name], ["kind", e.kind], ["preset", e.preset or ""], ["stage", e.stage or ""],
-            ["parent", e.parent or ""], ["source", e.source.describe()],
-            ["pinned", "yes" if e.source.pinned else "NO (branch revision)"], ["license", e.license or ""],
-            ["registry", e.origin], ["on disk", str(where) if where else "not downloaded"]]
+    rows = [
+        ["name", e.name],
+        ["kind", e.kind],
+        ["preset", e.preset or ""],
+        ["stage", e.stage or ""],
+        ["parent", e.parent or ""],
+        ["source", e.source.describe()],
+        ["pinned", "yes" if e.source.pinned else "NO (branch revision)"],
+        ["license", e.license or ""],
+        ["registry", e.origin],
+        ["on disk", str(where) if where else "not downloaded"],
+    ]
     print(_table([r for r in rows if r[1]], ["FIELD", "VALUE"]))
     if e.description:
         print("\n" + e.description)
     if e.files:
         print()
-        print(_table([[f.path, f.sha256[:16] + "…", f"{f.size:,}" if f.size is not None else "?"] for f in e.files],
-                     ["FILE", "SHA256", "BYTES"]))
+        print(
+            _table(
+                [
+                    [f.path, f.sha256[:16] + "…", f"{f.size:,}" if f.size is not None else "?"]
+                    for f in e.files
+                ],
+                ["FILE", "SHA256", "BYTES"],
+            )
+        )
     if e.convert_pickle:
         print(f"\nconverted to safetensors after download: {', '.join(e.convert_pickle)}")
     for task, values in e.metrics.items():
@@ -104,13 +128,27 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_add(args: argparse.Namespace) -> int:
     from .add_checkpoint import add
 
-    entry = add(args.name, args.from_dir, kind=args.kind, preset=args.preset, stage=args.stage,
-                parent=args.parent, description=args.description or "", license=args.license,
-                eval_json=args.eval or (), url=args.url, repo_id=args.repo_id, revision=args.revision,
-                registry_path=args.registry, overwrite=args.overwrite)
+    entry = add(
+        args.name,
+        args.from_dir,
+        kind=args.kind,
+        preset=args.preset,
+        stage=args.stage,
+        parent=args.parent,
+        description=args.description or "",
+        license=args.license,
+        eval_json=args.eval or (),
+        url=args.url,
+        repo_id=args.repo_id,
+        revision=args.revision,
+        registry_path=args.registry,
+        overwrite=args.overwrite,
+    )
     total = sum(f.size or 0 for f in entry.files)
-    print(f"registered {entry.name}: {len(entry.files)} files, {total / 1e6:.1f} MB, source "
-          f"{entry.source.describe()}")
+    print(
+        f"registered {entry.name}: {len(entry.files)} files, {total:,} bytes, "
+        f"source {entry.source.describe()}"
+    )
     return 0
 
 
@@ -143,13 +181,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``zoo`` and its sub-commands to the ``tinygg`` sub-parsers; each sets ``func=handler``."""
     zoo = subparsers.add_parser(
-        "zoo", help="model zoo: list, download, verify, register and publish checkpoints",
+        "zoo",
+        help="model zoo: list, download, verify, register and publish checkpoints",
         description="The model zoo: pretrained components (CLIP, DINOv2, Qwen2.5) and TinyGroundingGPT "
         "checkpoints, downloaded at pinned revisions and verified by sha256. Every --model option of "
-        "tinygg accepts a zoo name as well as a directory.")
+        "tinygg accepts a zoo name as well as a directory.",
+    )
     sub = zoo.add_subparsers(dest="zoo_command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("list", help="a table of all registered models", description="List registered models.")
@@ -161,34 +201,57 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     p.add_argument("--json", action="store_true", help="print the entry as JSON")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("download", help="download and verify a model",
-                       description="Download a model's files (resuming interrupted transfers) and verify "
-                       "their sha256. Prints the local directory.")
+    p = sub.add_parser(
+        "download",
+        help="download and verify a model",
+        description="Download a model's files (resuming interrupted transfers) and verify "
+        "their sha256. Prints the local directory.",
+    )
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--dir", type=Path, default=None,
-                   help="put the files here (default: $TINYGG_HOME/models/NAME, or the Hugging Face cache)")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="put the files here (default: $TINYGG_HOME/models/NAME, or the Hugging Face cache)",
+    )
     p.set_defaults(func=_cmd_download)
 
-    p = sub.add_parser("verify", help="check a model's local files against the registry",
-                       description="Check sha256/size of a model's files, or the safetensors headers and "
-                       "JSON files of any checkpoint directory. Exit status 1 on a problem.")
+    p = sub.add_parser(
+        "verify",
+        help="check a model's local files against the registry",
+        description="Check sha256/size of a model's files, or the safetensors headers and "
+        "JSON files of any checkpoint directory. Exit status 1 on a problem.",
+    )
     p.add_argument("name", metavar="NAME_OR_DIR")
     p.add_argument("-v", "--verbose", action="store_true", help="list every file, not only problems")
     p.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("add", help="register a checkpoint directory in your registry",
-                       description="Hash every file of a checkpoint directory and write a registry entry "
-                       "into the user registry ($TINYGG_HOME/registry.yaml).")
+    p = sub.add_parser(
+        "add",
+        help="register a checkpoint directory in your registry",
+        description="Hash every file of a checkpoint directory and write a registry entry "
+        "into the user registry ($TINYGG_HOME/registry.yaml).",
+    )
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--from", dest="from_dir", type=Path, required=True, metavar="DIR",
-                   help="the checkpoint directory (safetensors + configs)")
+    p.add_argument(
+        "--from",
+        dest="from_dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the checkpoint directory (safetensors + configs)",
+    )
     p.add_argument("--kind", choices=("checkpoint", "component"), default="checkpoint")
     p.add_argument("--preset", help="model preset (tiny, 1.5b, 3b, 7b); required for checkpoints")
-    p.add_argument("--stage", choices=STAGES, help="training stage that produced it; required for checkpoints")
+    p.add_argument(
+        "--stage", choices=STAGES, help="training stage that produced it; required for checkpoints"
+    )
     p.add_argument("--parent", help="zoo name of the checkpoint it was trained from")
     p.add_argument("--description", help="one paragraph for `zoo info` and the model card")
     p.add_argument("--license", help="license identifier (e.g. apache-2.0)")
-    p.add_argument("--eval", nargs="+", type=Path, metavar="JSON", help="eval JSON files to record as metrics")
+    p.add_argument(
+        "--eval", nargs="+", type=Path, metavar="JSON", help="eval JSON files to record as metrics"
+    )
     p.add_argument("--url", help="base URL the files will be served from (default: this directory)")
     p.add_argument("--repo-id", help="Hugging Face repo the files are published to (with --revision)")
     p.add_argument("--revision", help="commit hash of --repo-id")
@@ -196,26 +259,35 @@ def register(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParse
     p.add_argument("--overwrite", action="store_true", help="replace an entry of the same name")
     p.set_defaults(func=_cmd_add)
 
-    p = sub.add_parser("card", help="write a model card (README.md) from eval results",
-                       description="Render a model card: REC in the paper's Table 1 layout, POPE (Table 3), "
-                       "DiG F1/IoU; from --eval JSON files, else from the registry's metrics.")
+    p = sub.add_parser(
+        "card",
+        help="write a model card (README.md) from eval results",
+        description="Render a model card: REC in the paper's Table 1 layout, POPE (Table 3), "
+        "DiG F1/IoU; from --eval JSON files, else from the registry's metrics.",
+    )
     p.add_argument("name", metavar="NAME_OR_DIR")
     p.add_argument("--eval", nargs="+", type=Path, metavar="JSON", help="eval JSON files (REC, POPE, DiG)")
     p.add_argument("--out", type=Path, help="write here instead of printing")
     p.set_defaults(func=_cmd_card)
 
-    p = sub.add_parser("publish", help="push a checkpoint and its card to the Hugging Face Hub",
-                       description="Upload safetensors, configs, tokenizer files and a model card. Needs "
-                       "HF_TOKEN or `hf auth login`.")
+    p = sub.add_parser(
+        "publish",
+        help="push a checkpoint and its card to the Hugging Face Hub",
+        description="Upload safetensors, configs, tokenizer files and a model card. Needs "
+        "HF_TOKEN or `hf auth login`.",
+    )
     p.add_argument("name", metavar="NAME_OR_DIR")
     p.add_argument("--repo-id", required=True, help="target repository, owner/name")
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--eval", nargs="+", type=Path, metavar="JSON", help="eval JSON files for the card")
     p.set_defaults(func=_cmd_publish)
 
-    p = sub.add_parser("convert", help="convert pickle weights in a directory to safetensors",
-                       description="Convert *.bin/*.pt/*.pth/*.ckpt weights to model.safetensors with "
-                       "torch.load(weights_only=True), which refuses anything but tensors.")
+    p = sub.add_parser(
+        "convert",
+        help="convert pickle weights in a directory to safetensors",
+        description="Convert *.bin/*.pt/*.pth/*.ckpt weights to model.safetensors with "
+        "torch.load(weights_only=True), which refuses anything but tensors.",
+    )
     p.add_argument("dir", type=Path, metavar="DIR")
     p.set_defaults(func=_cmd_convert)
     return zoo

@@ -11,8 +11,9 @@ cloned so each is stored once under its own name.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .registry import is_pickle_file
 
@@ -90,7 +91,9 @@ def convert_directory(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     pickles = sorted(p for p in directory.iterdir() if p.is_file() and is_pickle_file(p))
     if not pickles:
-        raise ConversionError(f"{directory}: no pickle weight files (*.bin, *.pt, *.pth, *.ckpt, *.pkl) to convert")
+        raise ConversionError(
+            f"{directory}: no pickle weight files (*.bin, *.pt, *.pth, *.ckpt, *.pkl) to convert"
+        )
     if len(pickles) > 1 and any(p.name.startswith("pytorch_model-") for p in pickles):
         raise ConversionError(
             f"{directory}: sharded pickle checkpoint ({len(pickles)} files); load it with transformers and "

@@ -94,22 +94,27 @@ def snapshot(entry: Entry, *, local_dir: Path | None = None, offline: bool | Non
     assert src.kind == "hf" and src.repo_id and src.revision
     offline = hf_offline() if offline is None else offline
     if not src.pinned:
-        logger.warning("%s: revision %r is a branch, not a pinned commit: the files may change", entry.name,
-                       src.revision)
+        logger.warning(
+            "%s: revision %r is a branch, not a pinned commit: the files may change", entry.name, src.revision
+        )
     cache = hf_cache_dir()
     try:
-        path = Path(snapshot_download(
-            src.repo_id,
-            revision=src.revision,
-            allow_patterns=_patterns(entry),
-            cache_dir=str(cache),
-            local_dir=str(local_dir) if local_dir is not None else None,
-            local_files_only=offline,
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
-        ))
+        path = Path(
+            snapshot_download(
+                src.repo_id,
+                revision=src.revision,
+                allow_patterns=_patterns(entry),
+                cache_dir=str(cache),
+                local_dir=str(local_dir) if local_dir is not None else None,
+                local_files_only=offline,
+                endpoint=os.environ.get("HF_ENDPOINT") or None,
+            )
+        )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
         where = local_dir if local_dir is not None else cache
-        missing = ", ".join(f.path for f in entry.files) or "the snapshot (" + ", ".join(_patterns(entry)) + ")"
+        missing = (
+            ", ".join(f.path for f in entry.files) or "the snapshot (" + ", ".join(_patterns(entry)) + ")"
+        )
         mode = "offline (HF_HUB_OFFLINE=1)" if offline else "the Hub could not be reached"
         raise OfflineMissingError(
             f"{entry.name}: {mode} and {src.repo_id}@{src.revision} is not in the local cache {where}; "
@@ -121,7 +126,8 @@ def snapshot(entry: Entry, *, local_dir: Path | None = None, offline: bool | Non
         if offline:
             raise OfflineMissingError(
                 f"{entry.name}: offline (HF_HUB_OFFLINE=1) and the cached snapshot {path} lacks "
-                f"{', '.join(missing)}. Download it where the Hub is reachable: `tinygg zoo download {entry.name}`."
+                f"{', '.join(missing)}. Download it where the Hub is reachable: "
+                f"`tinygg zoo download {entry.name}`."
             )
         raise FileNotFoundError(f"{entry.name}: {src.repo_id}@{src.revision} has no {', '.join(missing)}")
     report = verify_directory(path, entry.files, stamp_file=stamp_file_for(path))
@@ -139,8 +145,11 @@ def snapshot(entry: Entry, *, local_dir: Path | None = None, offline: bool | Non
 def materialize_converted(entry: Entry, snapshot_dir: Path, out_dir: Path) -> Path:
     """Build ``out_dir``: links to the snapshot's non-pickle files plus the ``convert_pickle`` files
     converted to safetensors. Skipped when ``out_dir`` was already built from the same revision."""
-    record = {"repo_id": entry.source.repo_id, "revision": entry.source.revision,
-              "converted": list(entry.convert_pickle)}
+    record = {
+        "repo_id": entry.source.repo_id,
+        "revision": entry.source.revision,
+        "converted": list(entry.convert_pickle),
+    }
     rec_path = out_dir / SOURCE_RECORD
     if rec_path.exists():
         try:
@@ -167,9 +176,14 @@ def materialize_converted(entry: Entry, snapshot_dir: Path, out_dir: Path) -> Pa
     for name in entry.convert_pickle:
         pk = snapshot_dir / name
         if not pk.is_file():
-            raise FileNotFoundError(f"{entry.name}: {name} (listed in convert_pickle) is not in {snapshot_dir}")
-        target = out_dir / (Path(name).with_suffix(".safetensors").name if len(entry.convert_pickle) > 1
-                            else "model.safetensors")
+            raise FileNotFoundError(
+                f"{entry.name}: {name} (listed in convert_pickle) is not in {snapshot_dir}"
+            )
+        target = out_dir / (
+            Path(name).with_suffix(".safetensors").name
+            if len(entry.convert_pickle) > 1
+            else "model.safetensors"
+        )
         convert_pickle_file(pk, target)
         if same_dir:
             pk.unlink()  # a private copy (local_dir): keep only the safetensors

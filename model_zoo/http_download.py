@@ -7,7 +7,8 @@ header and answers 200 restarts the file from zero). When the transfer completes
 whole file is compared with the expected one: a mismatch removes the file and raises
 :class:`~model_zoo.integrity.ChecksumMismatchError`; a match renames ``.part`` to the destination.
 
-Only the standard library (``urllib``) is used.
+Transfers use the standard library (``urllib``); a lock file (``.NAME.lock``, from ``filelock``, a
+dependency of huggingface_hub) keeps two processes from appending to the same ``.part``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import http.client
 import logging
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from .integrity import ChecksumMismatchError
@@ -42,7 +43,7 @@ def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-def _hash_existing(path: Path) -> "hashlib._Hash":
+def _hash_existing(path: Path) -> hashlib._Hash:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -56,7 +57,9 @@ def _one_attempt(url: str, part: Path, *, timeout: float, expected_size: int | N
     if expected_size is not None and offset == expected_size:
         return
     if expected_size is not None and offset > expected_size:
-        logger.warning("%s is larger than expected (%d > %d bytes); restarting it", part, offset, expected_size)
+        logger.warning(
+            "%s is larger than expected (%d > %d bytes); restarting it", part, offset, expected_size
+        )
         part.unlink()
         offset = 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
@@ -83,7 +86,9 @@ def _one_attempt(url: str, part: Path, *, timeout: float, expected_size: int | N
         elif resp.status == 206:
             start = _start_from_content_range(resp.headers.get("Content-Range"))
             if start != offset:
-                raise DownloadError(f"{url}: asked for bytes from {offset}, server sent a range starting at {start}")
+                raise DownloadError(
+                    f"{url}: asked for bytes from {offset}, server sent a range starting at {start}"
+                )
         length = resp.headers.get("Content-Length")
         total = offset + int(length) if length is not None else expected_size
         if total is not None:
@@ -130,6 +135,33 @@ def download_file(
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # one writer per file: a second process waits, then finds the file done (or resumes the .part)
+    with FileLock(str(dest.parent / f".{dest.name}.lock")):
+        if dest.exists() and sha256 is not None and _hash_existing(dest).hexdigest() == sha256:
+            return dest
+        return _download_unlocked(
+            url,
+            dest,
+            sha256=sha256,
+            size=size,
+            retries=retries,
+            timeout=timeout,
+            backoff=backoff,
+            progress=progress,
+        )
+
+
+def _download_unlocked(
+    url: str,
+    dest: Path,
+    *,
+    sha256: str | None,
+    size: int | None,
+    retries: int,
+    timeout: float,
+    backoff: float,
+    progress: bool,
+) -> Path:
     part = part_path(dest)
     attempt = 0
     with tqdm(total=size, initial=0, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
@@ -142,8 +174,13 @@ def download_file(
                     err: Exception = exc
                 else:
                     raise DownloadError(f"GET {url}: HTTP {exc.code} {exc.reason}") from exc
-            except (http.client.HTTPException, urllib.error.URLError, socket.timeout, ConnectionError,
-                    DownloadError) as exc:
+            except (
+                TimeoutError,
+                http.client.HTTPException,
+                urllib.error.URLError,
+                ConnectionError,
+                DownloadError,
+            ) as exc:
                 err = exc
             attempt += 1
             have = part.stat().st_size if part.exists() else 0
@@ -152,8 +189,14 @@ def download_file(
                     f"GET {url} failed after {attempt} attempt(s): {err!r}; {have} bytes kept in {part}, "
                     "run the same command again to resume"
                 ) from err
-            logger.warning("transfer of %s interrupted at byte %d (%r); resuming (%d/%d)", url, have, err,
-                           attempt, retries)
+            logger.warning(
+                "transfer of %s interrupted at byte %d (%r); resuming (%d/%d)",
+                url,
+                have,
+                err,
+                attempt,
+                retries,
+            )
             time.sleep(backoff * attempt)
     if sha256 is not None:
         digest = _hash_existing(part).hexdigest()

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
-from .model_card import card
 from .integrity import list_model_files, refuse_pickle_checkpoint
+from .model_card import card
 from .registry import Registry, is_pickle_file, load_registry
 from .resolve import resolve_model
 
@@ -35,8 +35,9 @@ class PublishPlan:
     readme: str | None  # generated card, or None when the directory has its own README.md
 
 
-def plan_publish(name_or_dir: str, *, eval_json: Iterable[str | Path] = (),
-                 registry: Registry | None = None) -> PublishPlan:
+def plan_publish(
+    name_or_dir: str, *, eval_json: Iterable[str | Path] = (), registry: Registry | None = None
+) -> PublishPlan:
     """Decide what to upload, without any network access."""
     reg = registry if registry is not None else load_registry()
     directory = resolve_model(name_or_dir, download=False, registry=reg)
@@ -48,9 +49,16 @@ def plan_publish(name_or_dir: str, *, eval_json: Iterable[str | Path] = (),
     return PublishPlan(directory, files, readme)
 
 
-def publish(name_or_dir: str, repo_id: str, *, token: str | None = None, private: bool = False,
-            eval_json: Iterable[str | Path] = (), commit_message: str | None = None,
-            registry: Registry | None = None) -> str:
+def publish(
+    name_or_dir: str,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    eval_json: Iterable[str | Path] = (),
+    commit_message: str | None = None,
+    registry: Registry | None = None,
+) -> str:
     """Create (if needed) ``repo_id`` and upload the checkpoint and its card; returns the commit URL."""
     from huggingface_hub import HfApi, get_token
 
@@ -64,11 +72,16 @@ def publish(name_or_dir: str, repo_id: str, *, token: str | None = None, private
     api = HfApi(token=token, endpoint=os.environ.get("HF_ENDPOINT") or None)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     message = commit_message or f"Upload {Path(str(name_or_dir)).name} with tinygg zoo publish"
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(plan.directory), allow_patterns=plan.files,
-                             commit_message=message)
+    info = api.upload_folder(
+        repo_id=repo_id, folder_path=str(plan.directory), allow_patterns=plan.files, commit_message=message
+    )
     if plan.readme is not None:
-        info = api.upload_file(path_or_fileobj=plan.readme.encode("utf-8"), path_in_repo="README.md",
-                               repo_id=repo_id, commit_message="Add model card (tinygg zoo card)")
+        info = api.upload_file(
+            path_or_fileobj=plan.readme.encode("utf-8"),
+            path_in_repo="README.md",
+            repo_id=repo_id,
+            commit_message="Add model card (tinygg zoo card)",
+        )
     url = getattr(info, "commit_url", None) or str(info)
     logger.info("published %s to %s", plan.directory, url)
     return url

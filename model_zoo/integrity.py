@@ -15,9 +15,9 @@ import hashlib
 import json
 import logging
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -43,10 +43,17 @@ def sha256_file(path: str | Path, *, progress: bool = True) -> str:
     path = Path(path)
     h = hashlib.sha256()
     size = path.stat().st_size
-    with open(path, "rb") as fh, tqdm(
-        total=size, unit="B", unit_scale=True, desc=f"sha256 {path.name}", leave=False,
-        disable=not progress or size < _PROGRESS_MIN_BYTES,
-    ) as bar:
+    with (
+        open(path, "rb") as fh,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc=f"sha256 {path.name}",
+            leave=False,
+            disable=not progress or size < _PROGRESS_MIN_BYTES,
+        ) as bar,
+    ):
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
             bar.update(len(chunk))
@@ -178,8 +185,9 @@ def file_digest(directory: Path, rel: str, stamp: dict[str, dict]) -> str:
     return digest
 
 
-def verify_directory(directory: str | Path, files: Iterable[FileSpec] = (), *,
-                     stamp_file: Path | None = None) -> VerifyReport:
+def verify_directory(
+    directory: str | Path, files: Iterable[FileSpec] = (), *, stamp_file: Path | None = None
+) -> VerifyReport:
     """Check ``directory`` against the listed ``files`` (sha256 and size) and check every other file it
     holds for what can be checked without a reference (safetensors headers, JSON syntax, no
     pickle-only weights). The verification stamp is kept in ``stamp_file`` (default: inside the
@@ -195,7 +203,9 @@ def verify_directory(directory: str | Path, files: Iterable[FileSpec] = (), *,
             report.checks.append(FileCheck(rel, "missing", "not in the directory"))
             continue
         if spec.size is not None and p.stat().st_size != spec.size:
-            report.checks.append(FileCheck(rel, "mismatch", f"size {p.stat().st_size} bytes, expected {spec.size}"))
+            report.checks.append(
+                FileCheck(rel, "mismatch", f"size {p.stat().st_size} bytes, expected {spec.size}")
+            )
             continue
         digest = file_digest(directory, rel, stamps)
         if digest != spec.sha256:
@@ -210,8 +220,13 @@ def verify_directory(directory: str | Path, files: Iterable[FileSpec] = (), *,
         p = directory / rel
         if rel.endswith(".safetensors"):
             problem = check_safetensors(p)
-            report.checks.append(FileCheck(rel, "corrupt" if problem else "unchecked",
-                                           problem or "valid header; no sha256 in the registry"))
+            report.checks.append(
+                FileCheck(
+                    rel,
+                    "corrupt" if problem else "unchecked",
+                    problem or "valid header; no sha256 in the registry",
+                )
+            )
         elif rel.endswith(".json"):
             try:
                 json.loads(p.read_text(encoding="utf-8"))
@@ -224,7 +239,9 @@ def verify_directory(directory: str | Path, files: Iterable[FileSpec] = (), *,
             report.checks.append(FileCheck(rel, "unchecked", "no sha256 in the registry"))
     pickles = [r for r in present if is_pickle_file(r)]
     if pickles and not any(r.endswith(".safetensors") for r in present):
-        report.checks.append(FileCheck(pickles[0], "refused", pickle_refusal_message("this directory", pickles)))
+        report.checks.append(
+            FileCheck(pickles[0], "refused", pickle_refusal_message("this directory", pickles))
+        )
     if not present and not listed:
         report.checks.append(FileCheck(".", "missing", "directory is empty or does not exist"))
     if directory.is_dir():

@@ -19,15 +19,21 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .registry import Entry, Registry, UnknownModelError, load_registry
 
 REC_SPLITS = (
-    ("refcoco/val", "RefCOCO val"), ("refcoco/testA", "RefCOCO testA"), ("refcoco/testB", "RefCOCO testB"),
-    ("refcoco+/val", "RefCOCO+ val"), ("refcoco+/testA", "RefCOCO+ testA"), ("refcoco+/testB", "RefCOCO+ testB"),
-    ("refcocog/val", "RefCOCOg val"), ("refcocog/test", "RefCOCOg test"),
+    ("refcoco/val", "RefCOCO val"),
+    ("refcoco/testA", "RefCOCO testA"),
+    ("refcoco/testB", "RefCOCO testB"),
+    ("refcoco+/val", "RefCOCO+ val"),
+    ("refcoco+/testA", "RefCOCO+ testA"),
+    ("refcoco+/testB", "RefCOCO+ testB"),
+    ("refcocog/val", "RefCOCOg val"),
+    ("refcocog/test", "RefCOCOg test"),
 )
 POPE_SUBSETS = ("random", "popular", "adversarial")
 # Reported in the TinyGroundingGPT paper (Table 1 and Table 3), shown as reference rows.
@@ -50,8 +56,8 @@ def canonical_rec_split(name: str) -> str:
     """``refcoco+/testA`` for any spelling of a standard split (``RefCOCO+_testA``, ``refcoco_plus testa``,
     ``refcocog_umd_val``); other names are returned unchanged.
 
-    >>> canonical_rec_split("RefCOCO+ testA"), canonical_rec_split("refcocog_umd_test"), canonical_rec_split("synthetic")
-    ('refcoco+/testA', 'refcocog/test', 'synthetic')
+    >>> [canonical_rec_split(s) for s in ("RefCOCO+ testA", "refcocog_umd_test", "synthetic")]
+    ['refcoco+/testA', 'refcocog/test', 'synthetic']
     """
     key = name.lower().replace("plus", "+")
     key = re.sub(r"(?<![a-z])(unc|umd|google)(?![a-z])", "", key)
@@ -72,23 +78,30 @@ def _parse_document(doc: Mapping[str, Any], path: Path, where: str) -> tuple[str
     metric = doc.get("metric")
     splits = doc.get("splits")
     if not isinstance(splits, Mapping) or not splits:
-        raise EvalFileError(f"{path}: field '{where}splits': expected a non-empty mapping split -> values, got {splits!r}")
+        raise EvalFileError(
+            f"{path}: field '{where}splits': expected a non-empty mapping split -> values, got {splits!r}"
+        )
     out: dict[str, float] = {}
     if metric == "acc@0.5":
         for name, v in splits.items():
             if not isinstance(v, Mapping) or "acc" not in v:
-                raise EvalFileError(f"{path}: field '{where}splits.{name}': expected {{acc, n, parse_failures}}, got {v!r}")
+                raise EvalFileError(
+                    f"{path}: field '{where}splits.{name}': expected {{acc, n, parse_failures}}, got {v!r}"
+                )
             out[canonical_rec_split(str(name))] = _fraction(v["acc"], path, f"{where}splits.{name}.acc")
         avg = doc.get("average")
-        out["average"] = (_fraction(avg, path, f"{where}average") if avg is not None
-                          else sum(out.values()) / len(out))
+        out["average"] = (
+            _fraction(avg, path, f"{where}average") if avg is not None else sum(out.values()) / len(out)
+        )
         return "rec", out
     if isinstance(metric, str) and metric.lower().startswith("pope"):
         task, required, optional = "pope", ("accuracy", "f1", "yes_ratio"), ("precision", "recall")
     elif isinstance(metric, str) and metric.lower().startswith("dig"):
         task, required, optional = "dig", ("f1",), ("precision", "recall", "iou")
     else:
-        raise EvalFileError(f"{path}: field '{where}metric': expected 'acc@0.5' (REC), 'pope' or 'dig', got {metric!r}")
+        raise EvalFileError(
+            f"{path}: field '{where}metric': expected 'acc@0.5' (REC), 'pope' or 'dig', got {metric!r}"
+        )
     for name, v in splits.items():
         if not isinstance(v, Mapping):
             raise EvalFileError(f"{path}: field '{where}splits.{name}': expected a mapping, got {v!r}")
@@ -111,11 +124,15 @@ def load_eval(path: str | Path) -> dict[str, dict[str, float]]:
         raise EvalFileError(f"{path}: cannot read eval JSON: {exc}") from exc
     if not isinstance(data, Mapping):
         raise EvalFileError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    docs = [(data, "")] if "metric" in data else [
-        (v, f"{k}.") for k, v in data.items() if isinstance(v, Mapping) and "metric" in v
-    ]
+    docs = (
+        [(data, "")]
+        if "metric" in data
+        else [(v, f"{k}.") for k, v in data.items() if isinstance(v, Mapping) and "metric" in v]
+    )
     if not docs:
-        raise EvalFileError(f"{path}: field 'metric': missing (expected an eval document, or a mapping of them)")
+        raise EvalFileError(
+            f"{path}: field 'metric': missing (expected an eval document, or a mapping of them)"
+        )
     out: dict[str, dict[str, float]] = {}
     for doc, where in docs:
         task, values = _parse_document(doc, path, where)
@@ -136,8 +153,16 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100.0 * x:.2f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    align = ["---"] + ["---:"] * (len(header) - 1)
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _table(header: list[str], rows: list[list[str]], *, numeric: bool = True) -> str:
+    align = ["---"] + ["---:" if numeric else "---"] * (len(header) - 1)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -154,12 +179,17 @@ def rec_tables(rec: Mapping[str, float], label: str, size: str) -> str:
     if present:
         avg = sum(present) / len(present)
         header = ["Model", "LLM size"] + [t for _, t in REC_SPLITS] + ["Avg"]
-        rows = [[label, size] + [_pct(x) for x in standard] + [_pct(avg) + ("" if len(present) == 8 else "*")]]
+        rows = [
+            [label, size] + [_pct(x) for x in standard] + [_pct(avg) + ("" if len(present) == 8 else "*")]
+        ]
         for name, vals in PAPER_REC.items():
             rows.append([name, name.split("-")[1].split(" ")[0]] + [f"{v:.2f}" for v in vals])
         parts.append(_table(header, rows))
         if len(present) < 8:
-            parts.append(f"\\* average over the {len(present)} standard splits evaluated (the paper averages all 8).")
+            splits = "split" if len(present) == 1 else "splits"
+            parts.append(
+                f"\\* average over the {len(present)} standard {splits} evaluated (the paper averages all 8)."
+            )
     other = {k: v for k, v in rec.items() if k not in dict(REC_SPLITS) and k != "average"}
     if other:
         rows = [[k, _pct(v)] for k, v in sorted(other.items())]
@@ -170,14 +200,22 @@ def rec_tables(rec: Mapping[str, float], label: str, size: str) -> str:
 
 
 def pope_table(pope: Mapping[str, float], label: str, size: str) -> str:
-    header = ["Model", "LLM size"] + [f"{s.capitalize()} {m}" for s in POPE_SUBSETS for m in ("Acc", "F1", "Yes")]
-    row = [label, size] + [_pct(pope.get(f"{s}/{m}")) for s in POPE_SUBSETS for m in ("accuracy", "f1", "yes_ratio")]
-    rows = [row] + [[n, n.split("-")[1].split(" ")[0]] + [f"{v:.2f}" for v in vals] for n, vals in PAPER_POPE.items()]
+    header = ["Model", "LLM size"] + [
+        f"{s.capitalize()} {m}" for s in POPE_SUBSETS for m in ("Acc", "F1", "Yes")
+    ]
+    row = [label, size] + [
+        _pct(pope.get(f"{s}/{m}")) for s in POPE_SUBSETS for m in ("accuracy", "f1", "yes_ratio")
+    ]
+    rows = [row] + [
+        [n, n.split("-")[1].split(" ")[0]] + [f"{v:.2f}" for v in vals] for n, vals in PAPER_POPE.items()
+    ]
     extra = sorted({k.split("/")[0] for k in pope} - set(POPE_SUBSETS))
     out = _table(header, rows)
     if extra:
-        out += "\n\n" + _table(["Subset", "Acc", "F1", "Yes"],
-                               [[s] + [_pct(pope.get(f"{s}/{m}")) for m in ("accuracy", "f1", "yes_ratio")] for s in extra])
+        out += "\n\n" + _table(
+            ["Subset", "Acc", "F1", "Yes"],
+            [[s] + [_pct(pope.get(f"{s}/{m}")) for m in ("accuracy", "f1", "yes_ratio")] for s in extra],
+        )
     return out
 
 
@@ -187,14 +225,23 @@ def dig_table(dig: Mapping[str, float]) -> str:
     return _table(["Split", "F1", "Precision", "Recall", "Mean IoU"], rows)
 
 
-def render_card(entry: Entry | None, metrics: Mapping[str, Mapping[str, float]], *, title: str | None = None,
-                lineage: list[str] | None = None) -> str:
+def render_card(
+    entry: Entry | None,
+    metrics: Mapping[str, Mapping[str, float]],
+    *,
+    title: str | None = None,
+    lineage: list[str] | None = None,
+) -> str:
     """Markdown (with Hugging Face front matter) for a checkpoint and its metrics."""
     name = title or (entry.name if entry else "checkpoint")
     preset = entry.preset if entry else None
     size = _SIZE.get((preset or "").lower(), preset or "–")
-    front = ["---", "library_name: transformers", "pipeline_tag: image-text-to-text",
-             "tags: [tinygroundinggpt, visual-grounding, referring-expression-comprehension]"]
+    front = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: image-text-to-text",
+        "tags: [tinygroundinggpt, visual-grounding, referring-expression-comprehension]",
+    ]
     if entry and entry.license:
         front.append(f"license: {entry.license}")
     front.append("---")
@@ -202,40 +249,96 @@ def render_card(entry: Entry | None, metrics: Mapping[str, Mapping[str, float]],
     if entry and entry.description:
         lines += [entry.description, ""]
     if entry:
-        facts = [("Kind", entry.kind), ("Preset", entry.preset), ("Stage", entry.stage),
-                 ("Parent", " ← ".join(lineage) if lineage else entry.parent), ("Source", entry.source.describe())]
+        facts = [
+            ("Kind", entry.kind),
+            ("Preset", entry.preset),
+            ("Stage", entry.stage),
+            ("Parent", " ← ".join(lineage) if lineage else entry.parent),
+            ("Source", entry.source.describe()),
+        ]
         if entry.files:
             total = sum(f.size or 0 for f in entry.files)
-            facts.append(("Files", f"{len(entry.files)} (sha256-pinned" + (f", {total / 1e6:.1f} MB)" if total else ")")))
-        lines += [_table(["", ""], [[k, f"`{v}`" if k == "Source" else str(v)] for k, v in facts if v]), ""]
-    lines += ["## Usage", "", "```bash", f"tinygg zoo download {name}",
-              "```", "", "```python", "from transformers import AutoModelForImageTextToText, AutoProcessor",
-              "from model_zoo import resolve_model", "", f"path = resolve_model(\"{name}\")",
-              "model = AutoModelForImageTextToText.from_pretrained(path)",
-              "processor = AutoProcessor.from_pretrained(path)", "```", ""]
+            facts.append(
+                (
+                    "Files",
+                    f"{len(entry.files)}, sha256-pinned" + (f", {_human_bytes(total)}" if total else ""),
+                )
+            )
+        lines += [
+            _table(
+                ["Field", "Value"],
+                [[k, f"`{v}`" if k == "Source" else str(v)] for k, v in facts if v],
+                numeric=False,
+            ),
+            "",
+        ]
+    lines += [
+        "## Usage",
+        "",
+        "```bash",
+        f"tinygg zoo download {name}",
+        "```",
+        "",
+        "```python",
+        "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        "from model_zoo import resolve_model",
+        "",
+        f'path = resolve_model("{name}")',
+        "model = AutoModelForImageTextToText.from_pretrained(path)",
+        "processor = AutoProcessor.from_pretrained(path)",
+        "```",
+        "",
+    ]
     label = name
     if metrics.get("rec"):
-        lines += ["## Referring expression comprehension (REC)", "",
-                  "Acc@0.5: share of expressions whose predicted box has IoU >= 0.5 with the ground truth (%). "
-                  "Boxes are `[x1,y1,x2,y2]` text normalised to the padded square.", "",
-                  rec_tables(metrics["rec"], label, size), ""]
+        lines += [
+            "## Referring expression comprehension (REC)",
+            "",
+            (
+                "Acc@0.5: share of expressions whose predicted box has IoU >= 0.5 with the ground truth (%). "
+                "Boxes are `[x1,y1,x2,y2]` text normalised to the padded square."
+            ),
+            "",
+            rec_tables(metrics["rec"], label, size),
+            "",
+        ]
     if metrics.get("pope"):
-        lines += ["## Object hallucination (POPE)", "",
-                  "Accuracy, F1 and the share of 'yes' answers (%), per sampling subset.", "",
-                  pope_table(metrics["pope"], label, size), ""]
+        lines += [
+            "## Object hallucination (POPE)",
+            "",
+            "Accuracy, F1 and the share of 'yes' answers (%), per sampling subset.",
+            "",
+            pope_table(metrics["pope"], label, size),
+            "",
+        ]
     if metrics.get("dig"):
-        lines += ["## Differential grounding (DiG)", "",
-                  "Boxes of all differences between two images, matched one-to-one (Hungarian) to the ground "
-                  "truth; F1 over matches at IoU >= the threshold, mean IoU of the matches (%).", "",
-                  dig_table(metrics["dig"]), ""]
+        lines += [
+            "## Differential grounding (DiG)",
+            "",
+            (
+                "Boxes of all differences between two images, matched one-to-one (Hungarian) to the ground "
+                "truth; F1 over matches at IoU >= the threshold, mean IoU of the matches (%)."
+            ),
+            "",
+            dig_table(metrics["dig"]),
+            "",
+        ]
     if not any(metrics.get(k) for k in ("rec", "pope", "dig")):
-        lines += ["## Evaluation", "", "No evaluation results recorded yet: `tinygg eval rec --model "
-                  f"{name} ...`, then `tinygg zoo card {name} --eval metrics.json`.", ""]
+        lines += [
+            "## Evaluation",
+            "",
+            (
+                f"No evaluation results recorded yet: `tinygg eval rec --model {name} ...`, then "
+                f"`tinygg zoo card {name} --eval metrics.json`."
+            ),
+            "",
+        ]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def card(name_or_dir: str | Path, eval_json_paths: Iterable[str | Path] = (), *,
-         registry: Registry | None = None) -> str:
+def card(
+    name_or_dir: str | Path, eval_json_paths: Iterable[str | Path] = (), *, registry: Registry | None = None
+) -> str:
     """README.md text for a zoo checkpoint (or a checkpoint directory), from the given eval JSON files,
     else from the metrics stored in its registry entry."""
     reg = registry if registry is not None else load_registry()

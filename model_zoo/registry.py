@@ -25,10 +25,11 @@ Every validation error names the registry file, the entry and the field, with wh
 ...     "files": [{"path": "model.safetensors", "sha256": "0" * 64}]}]}, origin="doc.yaml")
 >>> reg.get("toy").source.kind
 'url'
->>> reg.get("tyo")
-Traceback (most recent call last):
-...
-model_zoo.registry.UnknownModelError: unknown model 'tyo'. Did you mean: toy? (`tinygg zoo list` shows all names)
+>>> try:
+...     reg.get("tyo")
+... except UnknownModelError as exc:
+...     print(exc)
+unknown model 'tyo'. Did you mean: toy? (`tinygg zoo list` shows all names)
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ import difflib
 import logging
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -307,8 +309,17 @@ def _parse_metrics(raw: Any, where: _Where) -> dict[str, dict[str, float]]:
 
 
 _ENTRY_KEYS = {
-    "name", "kind", "source", "files", "preset", "stage", "parent", "description", "license",
-    "metrics", "convert_pickle",
+    "name",
+    "kind",
+    "source",
+    "files",
+    "preset",
+    "stage",
+    "parent",
+    "description",
+    "license",
+    "metrics",
+    "convert_pickle",
 }
 
 
@@ -383,34 +394,46 @@ class Registry:
     def _add(self, entry: Entry) -> None:
         old = self._entries.get(entry.name)
         if old is not None:
-            logger.warning("zoo entry %r from %s overrides the one from %s", entry.name, entry.origin, old.origin)
+            logger.warning(
+                "zoo entry %r from %s overrides the one from %s", entry.name, entry.origin, old.origin
+            )
         self._entries[entry.name] = entry
 
     @classmethod
-    def from_mapping(cls, data: Any, *, origin: str, origin_dir: Path | None = None) -> "Registry":
+    def from_mapping(cls, data: Any, *, origin: str, origin_dir: Path | None = None) -> Registry:
         """Validate a parsed registry document ``{version: 1, models: [...]}``."""
         if data is None:
             return cls()
         if not isinstance(data, Mapping):
-            raise RegistryError(f"registry {origin}: expected a mapping with 'version' and 'models', got {data!r}")
+            raise RegistryError(
+                f"registry {origin}: expected a mapping with 'version' and 'models', got {data!r}"
+            )
         if data.get("version", 1) != 1:
-            raise RegistryError(f"registry {origin}, field 'version': expected 1, got {data.get('version')!r}")
+            raise RegistryError(
+                f"registry {origin}, field 'version': expected 1, got {data.get('version')!r}"
+            )
         extra = sorted(set(data) - {"version", "models"})
         if extra:
-            raise RegistryError(f"registry {origin}: unknown top-level field {extra[0]!r} (expected version, models)")
+            raise RegistryError(
+                f"registry {origin}: unknown top-level field {extra[0]!r} (expected version, models)"
+            )
         models = data.get("models") or []
         if not isinstance(models, list):
-            raise RegistryError(f"registry {origin}, field 'models': expected a list of entries, got {models!r}")
+            raise RegistryError(
+                f"registry {origin}, field 'models': expected a list of entries, got {models!r}"
+            )
         reg = cls()
         for i, raw in enumerate(models):
             entry = parse_entry(raw, origin=origin, index=i, origin_dir=origin_dir)
             if entry.name in reg._entries:
-                raise _Where(origin, i, entry.name).error("name", "a name not used by an earlier entry", entry.name)
+                raise _Where(origin, i, entry.name).error(
+                    "name", "a name not used by an earlier entry", entry.name
+                )
             reg._entries[entry.name] = entry
         return reg
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Registry":
+    def from_file(cls, path: str | Path) -> Registry:
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -418,7 +441,7 @@ class Registry:
             raise RegistryError(f"registry {path}: not valid YAML: {exc}") from exc
         return cls.from_mapping(data, origin=str(path), origin_dir=path.parent)
 
-    def merged(self, other: "Registry") -> "Registry":
+    def merged(self, other: Registry) -> Registry:
         """A new registry with ``other``'s entries added (overriding same-named ones)."""
         out = Registry(self._entries.values())
         for e in other._entries.values():
@@ -456,8 +479,9 @@ class Registry:
         folded = {n.lower(): n for n in self._entries}
         if name.lower() in folded:  # names are case-sensitive, but a case slip is obvious
             return self._entries[folded[name.lower()]]
-        raise UnknownModelError(f"unknown model {name!r}.{suggest_names(name, self._entries)} "
-                                "(`tinygg zoo list` shows all names)")
+        raise UnknownModelError(
+            f"unknown model {name!r}.{suggest_names(name, self._entries)} (`tinygg zoo list` shows all names)"
+        )
 
 
 def suggest_names(name: str, names: Iterable[str]) -> str:
@@ -502,8 +526,10 @@ def write_entry(entry: Entry, path: str | Path | None = None, *, overwrite: bool
         data.setdefault("models", [])
     models = [m for m in data["models"] if m.get("name") != entry.name]
     if len(models) != len(data["models"]) and not overwrite:
-        raise RegistryError(f"registry {path}: an entry named {entry.name!r} exists; pass overwrite=True "
-                            "(CLI: --overwrite) to replace it")
+        raise RegistryError(
+            f"registry {path}: an entry named {entry.name!r} exists; pass overwrite=True "
+            "(CLI: --overwrite) to replace it"
+        )
     models.append(entry.to_mapping())
     data["models"] = models
     path.parent.mkdir(parents=True, exist_ok=True)

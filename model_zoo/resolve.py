@@ -21,7 +21,13 @@ from pathlib import Path
 
 from . import hf_source
 from .http_download import download_file
-from .integrity import ChecksumMismatchError, FileCheck, VerifyReport, refuse_pickle_checkpoint, verify_directory
+from .integrity import (
+    ChecksumMismatchError,
+    FileCheck,
+    VerifyReport,
+    refuse_pickle_checkpoint,
+    verify_directory,
+)
 from .registry import Entry, Registry, UnknownModelError, load_registry, tinygg_home
 
 logger = logging.getLogger(__name__)
@@ -92,8 +98,14 @@ def _raise_if_bad(report: VerifyReport, entry: Entry) -> None:
         raise ChecksumMismatchError(f"{entry.name}: {report.directory} failed verification: {detail}")
 
 
-def download(name: str, dir: str | Path | None = None, *, registry: Registry | None = None,
-             offline: bool | None = None, progress: bool = True) -> Path:
+def download(
+    name: str,
+    dir: str | Path | None = None,
+    *,
+    registry: Registry | None = None,
+    offline: bool | None = None,
+    progress: bool = True,
+) -> Path:
     """Fetch the files of zoo model ``name`` (into ``dir`` if given), verify them, return the directory.
 
     Already-present verified files are not fetched again; an interrupted URL transfer resumes.
@@ -104,8 +116,9 @@ def download(name: str, dir: str | Path | None = None, *, registry: Registry | N
     if kind == "local":
         src_dir = entry.source.local_dir()
         if not src_dir.is_dir():
-            raise ModelNotAvailableError(f"{entry.name}: local directory {src_dir} does not exist "
-                                         f"(registered in {entry.origin})")
+            raise ModelNotAvailableError(
+                f"{entry.name}: local directory {src_dir} does not exist (registered in {entry.origin})"
+            )
         _raise_if_bad(verify_directory(src_dir, entry.files), entry)
         if target is None or target.resolve() == src_dir.resolve():
             return src_dir
@@ -127,8 +140,9 @@ def download(name: str, dir: str | Path | None = None, *, registry: Registry | N
             if stale.exists():
                 logger.warning("%s: %s failed verification; fetching it again", entry.name, stale)
                 stale.unlink()
-            download_file(_file_url(entry, f.path, f.url), out / f.path, sha256=f.sha256, size=f.size,
-                          progress=progress)
+            download_file(
+                _file_url(entry, f.path, f.url), out / f.path, sha256=f.sha256, size=f.size, progress=progress
+            )
         _raise_if_bad(verify_directory(out, entry.files), entry)
         return out
     # hf
@@ -141,8 +155,9 @@ def download(name: str, dir: str | Path | None = None, *, registry: Registry | N
 _fetch = download  # resolve_model's `download` flag shadows the function name
 
 
-def resolve_model(name_or_path: str | os.PathLike, *, download: bool = True,
-                  registry: Registry | None = None) -> Path:
+def resolve_model(
+    name_or_path: str | os.PathLike, *, download: bool = True, registry: Registry | None = None
+) -> Path:
     """A local directory for ``name_or_path``: an existing directory passes through (a pickle-only
     checkpoint is refused); a zoo name is downloaded if needed (``download=True``), verified, and
     its directory returned. An unknown name raises :class:`UnknownModelError` with suggestions."""
@@ -195,6 +210,8 @@ def verify(name_or_dir: str | os.PathLike, *, registry: Registry | None = None) 
     where = locate(entry)
     if where is None:
         report = VerifyReport(expected_dir(entry))
-        report.checks.append(FileCheck(".", "missing", f"not downloaded: run `tinygg zoo download {entry.name}`"))
+        report.checks.append(
+            FileCheck(".", "missing", f"not downloaded: run `tinygg zoo download {entry.name}`")
+        )
         return report
     return verify_directory(where, entry.files, stamp_file=hf_source.stamp_file_for(where))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import model_zoo.http_download as http_download
 from model_zoo import (
     ChecksumMismatchError,
     PickleCheckpointError,
     RegistryError,
     download,
+    http_download,
     resolve_model,
     verify,
 )
@@ -65,7 +64,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _record(self, **kw) -> dict:
-        rec = {"method": self.command, "path": urlsplit(self.path).path, "range": self.headers.get("Range"), **kw}
+        rec = {
+            "method": self.command,
+            "path": urlsplit(self.path).path,
+            "range": self.headers.get("Range"),
+            **kw,
+        }
         with self.server.lock:
             self.server.log.append(rec)
         return rec
@@ -96,7 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
             if repo is None or rev not in (COMMIT, "main") or fname not in repo:
                 return None, {"X-Repo-Commit": COMMIT}
             body = repo[fname]
-            return body, {"X-Repo-Commit": COMMIT, "ETag": '"%s"' % hashlib.sha256(body).hexdigest()}
+            return body, {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha256(body).hexdigest()}"'}
         return None, {}
 
     def do_HEAD(self) -> None:
@@ -110,11 +114,18 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self.server.repos.get("/".join(parts[2:4]))
             if repo is None:
                 return self._not_found()
-            files = [{"type": "file", "path": n, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
-                     for n, b in sorted(repo.items())]
+            files = [
+                {"type": "file", "path": n, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                for n, b in sorted(repo.items())
+            ]
             if parts[4] == "revision":
-                return self._json({"id": "/".join(parts[2:4]), "sha": COMMIT,
-                                   "siblings": [{"rfilename": f["path"]} for f in files]})
+                return self._json(
+                    {
+                        "id": "/".join(parts[2:4]),
+                        "sha": COMMIT,
+                        "siblings": [{"rfilename": f["path"]} for f in files],
+                    }
+                )
             return self._json(files)
         body, extra = self._lookup(path)
         if body is None:
@@ -176,7 +187,9 @@ def zoo_env(tmp_path, monkeypatch):
 def _safetensors_bytes(tmp_path: Path, seed: int = 0) -> bytes:
     g = torch.Generator().manual_seed(seed)
     p = tmp_path / f"w{seed}.safetensors"
-    save_file({"proj.weight": torch.randn(64, 48, generator=g), "proj.bias": torch.randn(64, generator=g)}, str(p))
+    save_file(
+        {"proj.weight": torch.randn(64, 48, generator=g), "proj.bias": torch.randn(64, generator=g)}, str(p)
+    )
     return p.read_bytes()
 
 
@@ -184,17 +197,33 @@ def _sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
 
-def _url_registry(server: ZooServer, files: dict[str, bytes], *, name: str = "toy-ckpt",
-                  declared: dict[str, bytes] | None = None) -> Registry:
+def _url_registry(
+    server: ZooServer,
+    files: dict[str, bytes],
+    *,
+    name: str = "toy-ckpt",
+    declared: dict[str, bytes] | None = None,
+) -> Registry:
     """Serve ``files`` under /m/ and register them (with the sha256 of ``declared`` if given)."""
     declared = declared or files
     for n, b in files.items():
         server.files[f"/m/{n}"] = b
-    return Registry.from_mapping({"version": 1, "models": [{
-        "name": name, "kind": "checkpoint", "preset": "tiny", "stage": "stage3",
-        "source": {"kind": "url", "url": server.url + "/m/"},
-        "files": [{"path": n, "sha256": _sha(b), "size": len(b)} for n, b in declared.items()],
-    }]}, origin="test-registry.yaml")
+    return Registry.from_mapping(
+        {
+            "version": 1,
+            "models": [
+                {
+                    "name": name,
+                    "kind": "checkpoint",
+                    "preset": "tiny",
+                    "stage": "stage3",
+                    "source": {"kind": "url", "url": server.url + "/m/"},
+                    "files": [{"path": n, "sha256": _sha(b), "size": len(b)} for n, b in declared.items()],
+                }
+            ],
+        },
+        origin="test-registry.yaml",
+    )
 
 
 def test_download_then_verify_and_resolve_from_disk(server, tmp_path):
@@ -296,11 +325,36 @@ def test_pickle_checkpoint_directory_is_refused_with_conversion_advice(tmp_path)
     assert resolve_model(str(ckpt)) == ckpt
 
 
+def test_convert_command_writes_safetensors(tmp_path, capsys):
+    from model_zoo.cli import main
+
+    torch.save({"a": torch.ones(3), "b": torch.zeros(2, 2)}, tmp_path / "weights.pth")
+    assert main(["zoo", "convert", str(tmp_path)]) == 0
+    assert "model.safetensors" in capsys.readouterr().out
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    assert sorted(tensors) == ["a", "b"] and torch.equal(tensors["b"], torch.zeros(2, 2))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["zoo", "convert", str(empty)]) == 2
+    assert "no pickle weight files" in capsys.readouterr().err
+
+
 def test_pickle_file_in_registry_is_refused():
     with pytest.raises(RegistryError, match=r"entry 'bad'.*files\[0\]\.path.*pickle"):
-        Registry.from_mapping({"version": 1, "models": [{
-            "name": "bad", "kind": "component", "source": {"kind": "url", "url": "http://x/"},
-            "files": [{"path": "pytorch_model.bin", "sha256": "a" * 64}]}]}, origin="r.yaml")
+        Registry.from_mapping(
+            {
+                "version": 1,
+                "models": [
+                    {
+                        "name": "bad",
+                        "kind": "component",
+                        "source": {"kind": "url", "url": "http://x/"},
+                        "files": [{"path": "pytorch_model.bin", "sha256": "a" * 64}],
+                    }
+                ],
+            },
+            origin="r.yaml",
+        )
 
 
 class _Evil:
@@ -321,6 +375,7 @@ def test_malicious_pickle_is_not_executed_by_conversion(tmp_path):
 
 
 # ---- Hugging Face source, through huggingface_hub against the loopback server ----
+
 
 @pytest.fixture
 def hub(server, monkeypatch):
@@ -343,8 +398,12 @@ def _go_offline(monkeypatch) -> None:
 
 
 def _hf_registry(files: list[dict] | None = None, **extra) -> Registry:
-    entry = {"name": "acme/tiny-llm", "kind": "component",
-             "source": {"kind": "hf", "repo_id": "acme/tiny-llm", "revision": COMMIT}, **extra}
+    entry = {
+        "name": "acme/tiny-llm",
+        "kind": "component",
+        "source": {"kind": "hf", "repo_id": "acme/tiny-llm", "revision": COMMIT},
+        **extra,
+    }
     if files is not None:
         entry["files"] = files
     return Registry.from_mapping({"version": 1, "models": [entry]}, origin="hf-registry.yaml")
@@ -353,8 +412,11 @@ def _hf_registry(files: list[dict] | None = None, **extra) -> Registry:
 def test_hf_source_downloads_pinned_revision_then_serves_offline(hub, tmp_path, monkeypatch):
     weights = _safetensors_bytes(tmp_path, seed=7)
     hub.repos["acme/tiny-llm"] = {
-        "model.safetensors": weights, "config.json": b'{"a": 1}', "tokenizer.json": b"{}",
-        "pytorch_model.bin": b"pickle weights that must not be fetched", "README.md": b"# hi",
+        "model.safetensors": weights,
+        "config.json": b'{"a": 1}',
+        "tokenizer.json": b"{}",
+        "pytorch_model.bin": b"pickle weights that must not be fetched",
+        "README.md": b"# hi",
     }
     reg = _hf_registry([{"path": "model.safetensors", "sha256": _sha(weights)}])
     path = resolve_model("acme/tiny-llm", registry=reg)
@@ -373,6 +435,13 @@ def test_hf_source_downloads_pinned_revision_then_serves_offline(hub, tmp_path, 
     assert verify("acme/tiny-llm", registry=reg).ok
     assert not (path / ".tinygg-verified.json").exists()  # the HF cache belongs to huggingface_hub
     assert list((tmp_path / "home" / "stamps").glob("models--acme--tiny-llm--snapshots--*.json"))
+    # --dir: a private copy of the snapshot
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    mine = download("acme/tiny-llm", tmp_path / "mine", registry=reg)
+    assert mine == tmp_path / "mine" and (mine / "model.safetensors").read_bytes() == weights
+    assert not (mine / "pytorch_model.bin").exists()
+    assert verify(str(mine), registry=reg).ok
 
 
 def test_hf_offline_names_what_is_missing(hub, monkeypatch):
@@ -399,12 +468,30 @@ def test_hf_pickle_weights_are_converted_when_the_entry_says_so(hub, tmp_path):
     buf = tmp_path / "pm.bin"
     torch.save({"vision.w": torch.arange(6.0).reshape(2, 3)}, buf)
     hub.repos["acme/tiny-llm"] = {"pytorch_model.bin": buf.read_bytes(), "config.json": b'{"x": 2}'}
-    reg = Registry.from_mapping({"version": 1, "models": [{
-        "name": "acme/tiny-llm", "kind": "component", "convert_pickle": ["pytorch_model.bin"],
-        "source": {"kind": "hf", "repo_id": "acme/tiny-llm", "revision": COMMIT,
-                   "allow_patterns": ["*.json", "pytorch_model.bin"]}}]}, origin="hf.yaml")
+    reg = Registry.from_mapping(
+        {
+            "version": 1,
+            "models": [
+                {
+                    "name": "acme/tiny-llm",
+                    "kind": "component",
+                    "convert_pickle": ["pytorch_model.bin"],
+                    "source": {
+                        "kind": "hf",
+                        "repo_id": "acme/tiny-llm",
+                        "revision": COMMIT,
+                        "allow_patterns": ["*.json", "pytorch_model.bin"],
+                    },
+                }
+            ],
+        },
+        origin="hf.yaml",
+    )
     out = resolve_model("acme/tiny-llm", registry=reg)
     assert out == tmp_path / "home" / "models" / "acme--tiny-llm"
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "config.json",
+        "model.safetensors",
+    ]
     assert torch.equal(load_file(str(out / "model.safetensors"))["vision.w"], torch.arange(6.0).reshape(2, 3))
     assert json.loads((out / "config.json").read_text()) == {"x": 2}

@@ -23,9 +23,9 @@ from model_zoo import (
     publish,
     resolve_model,
 )
-from model_zoo.model_card import EvalFileError, load_eval
 from model_zoo.cli import main, register
 from model_zoo.hub_publish import plan_publish
+from model_zoo.model_card import EvalFileError, load_eval
 from model_zoo.registry import SHIPPED_REGISTRY, Registry
 
 
@@ -37,9 +37,14 @@ def zoo_env(tmp_path, monkeypatch):
 
 
 def _entry(**over) -> dict:
-    e = {"name": "ckpt-a", "kind": "checkpoint", "preset": "tiny", "stage": "stage3",
-         "source": {"kind": "url", "url": "https://example.org/a/"},
-         "files": [{"path": "model.safetensors", "sha256": "a" * 64, "size": 10}]}
+    e = {
+        "name": "ckpt-a",
+        "kind": "checkpoint",
+        "preset": "tiny",
+        "stage": "stage3",
+        "source": {"kind": "url", "url": "https://example.org/a/"},
+        "files": [{"path": "model.safetensors", "sha256": "a" * 64, "size": 10}],
+    }
     e.update(over)
     return e
 
@@ -50,8 +55,13 @@ def _load(*entries: dict) -> Registry:
 
 def test_shipped_registry_loads_with_pinned_components():
     reg = Registry.from_file(SHIPPED_REGISTRY)
-    expected = {"openai/clip-vit-large-patch14-336", "facebook/dinov2-large", "Qwen/Qwen2.5-1.5B-Instruct",
-                "Qwen/Qwen2.5-3B-Instruct", "Qwen/Qwen2.5-7B-Instruct"}
+    expected = {
+        "openai/clip-vit-large-patch14-336",
+        "facebook/dinov2-large",
+        "Qwen/Qwen2.5-1.5B-Instruct",
+        "Qwen/Qwen2.5-3B-Instruct",
+        "Qwen/Qwen2.5-7B-Instruct",
+    }
     assert expected <= set(reg.names())
     for name in expected:
         e = reg.get(name)
@@ -61,18 +71,29 @@ def test_shipped_registry_loads_with_pinned_components():
     assert load_registry().get("facebook/dinov2-large").files[0].path == "model.safetensors"
 
 
-@pytest.mark.parametrize("over, field, expected", [
-    ({"files": [{"path": "model.safetensors", "sha256": "xyz"}]}, r"files\[0\]\.sha256", "64 lowercase hex"),
-    ({"kind": "model"}, "kind", "component, checkpoint"),
-    ({"stage": "stage9"}, "stage", "stage1, stage2, stage3, dig, finetune"),
-    ({"preset": None}, "preset", "preset"),
-    ({"source": {"kind": "hf", "repo_id": "a/b", "revision": "abc1234"}}, "source.revision", "40-character"),
-    ({"source": {"kind": "ftp", "url": "x"}}, "source.kind", "hf, url, local"),
-    ({"source": {"kind": "url", "url": "example.org"}}, "source.url", "http"),
-    ({"files": []}, "files", "at least one file"),
-    ({"metrics": {"rec": {"average": "high"}}}, "metrics.rec.average", "a number"),
-    ({"colour": "red"}, "colour", "one of"),
-])
+@pytest.mark.parametrize(
+    "over, field, expected",
+    [
+        (
+            {"files": [{"path": "model.safetensors", "sha256": "xyz"}]},
+            r"files\[0\]\.sha256",
+            "64 lowercase hex",
+        ),
+        ({"kind": "model"}, "kind", "component, checkpoint"),
+        ({"stage": "stage9"}, "stage", "stage1, stage2, stage3, dig, finetune"),
+        ({"preset": None}, "preset", "preset"),
+        (
+            {"source": {"kind": "hf", "repo_id": "a/b", "revision": "abc1234"}},
+            "source.revision",
+            "40-character",
+        ),
+        ({"source": {"kind": "ftp", "url": "x"}}, "source.kind", "hf, url, local"),
+        ({"source": {"kind": "url", "url": "example.org"}}, "source.url", "http"),
+        ({"files": []}, "files", "at least one file"),
+        ({"metrics": {"rec": {"average": "high"}}}, "metrics.rec.average", "a number"),
+        ({"colour": "red"}, "colour", "one of"),
+    ],
+)
 def test_validation_errors_name_file_entry_and_field(over, field, expected):
     with pytest.raises(RegistryError) as info:
         _load(_entry(**over))
@@ -113,9 +134,15 @@ def _checkpoint(tmp_path: Path, name: str = "ckpt") -> Path:
 
 
 def _rec_json(path: Path, accs: dict[str, float]) -> Path:
-    path.write_text(json.dumps({"metric": "acc@0.5", "splits": {
-        k: {"acc": v, "n": 100, "parse_failures": 1} for k, v in accs.items()},
-        "average": sum(accs.values()) / len(accs)}))
+    path.write_text(
+        json.dumps(
+            {
+                "metric": "acc@0.5",
+                "splits": {k: {"acc": v, "n": 100, "parse_failures": 1} for k, v in accs.items()},
+                "average": sum(accs.values()) / len(accs),
+            }
+        )
+    )
     return path
 
 
@@ -123,8 +150,24 @@ def test_add_list_verify_round_trip_through_the_cli(tmp_path, capsys):
     ckpt = _checkpoint(tmp_path)
     torch.save({"w": torch.zeros(1)}, ckpt / "extra.pt")  # a pickle beside safetensors: not registered
     rec = _rec_json(tmp_path / "rec.json", {"synthetic_test": 0.5, "synthetic_val": 0.75})
-    assert main(["zoo", "add", "my-ckpt", "--from", str(ckpt), "--preset", "tiny", "--stage", "stage3",
-                 "--eval", str(rec)]) == 0
+    assert (
+        main(
+            [
+                "zoo",
+                "add",
+                "my-ckpt",
+                "--from",
+                str(ckpt),
+                "--preset",
+                "tiny",
+                "--stage",
+                "stage3",
+                "--eval",
+                str(rec),
+            ]
+        )
+        == 0
+    )
     assert "registered my-ckpt: 3 files" in capsys.readouterr().out
     user_reg = yaml.safe_load((tmp_path / "home" / "registry.yaml").read_text())
     [entry] = user_reg["models"]
@@ -143,10 +186,42 @@ def test_add_list_verify_round_trip_through_the_cli(tmp_path, capsys):
     assert resolve_model("my-ckpt") == ckpt.resolve()
 
     # a child checkpoint names its parent; an unknown parent is refused with a suggestion
-    assert main(["zoo", "add", "my-ckpt-dig", "--from", str(ckpt), "--preset", "tiny", "--stage", "dig",
-                 "--parent", "my-ckpt"]) == 0
-    assert main(["zoo", "add", "orphan", "--from", str(ckpt), "--preset", "tiny", "--stage", "dig",
-                 "--parent", "my-ckp"]) == 2
+    assert (
+        main(
+            [
+                "zoo",
+                "add",
+                "my-ckpt-dig",
+                "--from",
+                str(ckpt),
+                "--preset",
+                "tiny",
+                "--stage",
+                "dig",
+                "--parent",
+                "my-ckpt",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "zoo",
+                "add",
+                "orphan",
+                "--from",
+                str(ckpt),
+                "--preset",
+                "tiny",
+                "--stage",
+                "dig",
+                "--parent",
+                "my-ckp",
+            ]
+        )
+        == 2
+    )
     assert "Did you mean: my-ckpt" in capsys.readouterr().err
     assert main(["zoo", "add", "my-ckpt", "--from", str(ckpt), "--preset", "tiny", "--stage", "stage3"]) == 2
     assert "--overwrite" in capsys.readouterr().err
@@ -161,29 +236,50 @@ def test_add_list_verify_round_trip_through_the_cli(tmp_path, capsys):
 
 def test_card_renders_table1_layout_from_eval_json(tmp_path):
     ckpt = _checkpoint(tmp_path)
-    accs = {"refcoco_val": 0.9, "RefCOCO_testA": 0.92, "refcoco_testB": 0.85, "refcoco+_val": 0.8,
-            "refcoco+_testA": 0.87, "refcoco+_testB": 0.75, "refcocog_val": 0.83, "refcocog_test": 0.84,
-            "synthetic_test": 0.612}
+    accs = {
+        "refcoco_val": 0.9,
+        "RefCOCO_testA": 0.92,
+        "refcoco_testB": 0.85,
+        "refcoco+_val": 0.8,
+        "refcoco+_testA": 0.87,
+        "refcoco+_testB": 0.75,
+        "refcocog_val": 0.83,
+        "refcocog_test": 0.84,
+        "synthetic_test": 0.612,
+    }
     rec = _rec_json(tmp_path / "rec.json", accs)
     pope = tmp_path / "pope.json"
-    pope.write_text(json.dumps({"metric": "pope", "splits": {
-        s: {"accuracy": 0.9, "f1": 0.89, "yes_ratio": 0.43, "precision": 0.95, "recall": 0.84}
-        for s in ("random", "popular", "adversarial")}}))
+    pope.write_text(
+        json.dumps(
+            {
+                "metric": "pope",
+                "splits": {
+                    s: {"accuracy": 0.9, "f1": 0.89, "yes_ratio": 0.43, "precision": 0.95, "recall": 0.84}
+                    for s in ("random", "popular", "adversarial")
+                },
+            }
+        )
+    )
     dig = tmp_path / "dig.json"
     dig.write_text(json.dumps({"metric": "dig", "splits": {"mixed": {"f1": 0.41, "mean_iou": 0.66}}}))
     from model_zoo.add_checkpoint import add
 
     add("card-ckpt", ckpt, preset="3b", stage="stage3", description="A test checkpoint.", progress=False)
     text = card("card-ckpt", [rec, pope, dig])
-    header = ("| Model | LLM size | RefCOCO val | RefCOCO testA | RefCOCO testB | RefCOCO+ val | RefCOCO+ testA | "
-              "RefCOCO+ testB | RefCOCOg val | RefCOCOg test | Avg |")
+    header = (
+        "| Model | LLM size | RefCOCO val | RefCOCO testA | RefCOCO testB | RefCOCO+ val | RefCOCO+ testA | "
+        "RefCOCO+ testB | RefCOCOg val | RefCOCOg test | Avg |"
+    )
     assert header in text
     mean8 = 100 * sum(v for k, v in accs.items() if k != "synthetic_test") / 8
-    assert (f"| card-ckpt | 3B | 90.00 | 92.00 | 85.00 | 80.00 | 87.00 | 75.00 | 83.00 | 84.00 | "
-            f"{mean8:.2f} |") in text
+    assert (
+        f"| card-ckpt | 3B | 90.00 | 92.00 | 85.00 | 80.00 | 87.00 | 75.00 | 83.00 | 84.00 | {mean8:.2f} |"
+    ) in text
     assert "| TinyGroundingGPT-3B (paper) | 3B | 89.16 |" in text
     assert "| synthetic_test | 61.20 |" in text
-    assert "| card-ckpt | 3B | 90.00 | 89.00 | 43.00 | 90.00 | 89.00 | 43.00 | 90.00 | 89.00 | 43.00 |" in text
+    assert (
+        "| card-ckpt | 3B | 90.00 | 89.00 | 43.00 | 90.00 | 89.00 | 43.00 | 90.00 | 89.00 | 43.00 |" in text
+    )
     assert "| mixed | 41.00 | – | – | 66.00 |" in text
     assert text.startswith("---\nlibrary_name: transformers")
     # with no eval files the card uses the registry's metrics (here: none)
@@ -194,20 +290,28 @@ def test_card_from_registry_metrics_marks_a_partial_average(tmp_path):
     reg = _load(_entry(metrics={"rec": {"refcoco/val": 0.5, "refcoco/testA": 0.7, "average": 0.6}}))
     text = card("ckpt-a", registry=reg)
     assert "| ckpt-a | tiny | 50.00 | 70.00 | – | – | – | – | – | – | 60.00* |" in text
-    assert "average over the 2 standard splits" in text
+    assert "average over the 2 standard splits evaluated" in text
 
 
 def test_eval_json_errors_name_file_and_field(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"metric": "acc@0.5", "splits": {"refcoco_val": {"acc": 87.5, "n": 10}}}))
-    with pytest.raises(EvalFileError, match=r"bad\.json: field 'splits\.refcoco_val\.acc': expected a fraction"):
+    with pytest.raises(
+        EvalFileError, match=r"bad\.json: field 'splits\.refcoco_val\.acc': expected a fraction"
+    ):
         load_eval(bad)
     bad.write_text(json.dumps({"metric": "bleu", "splits": {"x": {}}}))
     with pytest.raises(EvalFileError, match="field 'metric'"):
         load_eval(bad)
     # a demo metrics.json bundling several documents is read too
-    bad.write_text(json.dumps({"rec": {"metric": "acc@0.5", "splits": {"synthetic": {"acc": 0.9}}},
-                               "dig": {"metric": "dig", "splits": {"mixed": {"f1": 0.5}}}}))
+    bad.write_text(
+        json.dumps(
+            {
+                "rec": {"metric": "acc@0.5", "splits": {"synthetic": {"acc": 0.9}}},
+                "dig": {"metric": "dig", "splits": {"mixed": {"f1": 0.5}}},
+            }
+        )
+    )
     assert load_eval(bad) == {"rec": {"synthetic": 0.9, "average": 0.9}, "dig": {"mixed/f1": 0.5}}
 
 
