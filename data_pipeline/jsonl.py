@@ -1,0 +1,88 @@
+"""Append-only JSONL files that survive a killed process: the storage of every pipeline stage.
+
+Each line is one JSON object, written in one ``write`` call, flushed and fsynced, so a crash leaves at
+most one partial last line. Reading skips (and the next append first removes) such a partial line, so
+a restarted stage simply continues after the last complete record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+logger = logging.getLogger(__name__)
+
+
+def read_jsonl(path: str | Path, *, strict: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield the records of ``path`` (none when it does not exist).
+
+    A partial last line (no trailing newline: a run killed mid-write) is skipped with a warning. A bad
+    line elsewhere raises ``ValueError`` naming file and line, unless ``strict`` is False and it is last.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        data = fh.read()
+    lines = data.split(b"\n")
+    complete = data.endswith(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        is_last = number == len(lines)
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if is_last and not complete and not strict:
+                logger.warning("%s: ignoring a partial last line (line %d) left by an interrupted run",
+                               path, number)
+                return
+            raise ValueError(f"{path}, line {number}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+        if is_last and not complete:
+            logger.warning("%s: line %d has no newline (interrupted run); it will be rewritten", path, number)
+            return
+        yield record
+
+
+class JsonlWriter:
+    """Appends records to a JSONL file, one durable line at a time."""
+
+    def __init__(self, path: str | Path, *, fsync: bool = True):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_partial_tail()
+        self._fh = self.path.open("a", encoding="utf-8")
+        self._fsync = fsync
+
+    def _drop_partial_tail(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with self.path.open("rb+") as fh:
+            data = fh.read()
+            if data.endswith(b"\n"):
+                return
+            cut = data.rfind(b"\n") + 1
+            fh.truncate(cut)
+        logger.warning("%s: removed a partial last line (%d bytes) left by an interrupted run",
+                       self.path, len(data) - cut)
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        self._fh.write(line)
+        self._fh.flush()
+        if self._fsync:
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

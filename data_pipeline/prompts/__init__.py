@@ -1,0 +1,1 @@
+"""Prompt templates (string.Template ``$name`` placeholders) for the VLM stages of the pipeline."""

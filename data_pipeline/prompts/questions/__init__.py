@@ -1,0 +1,1 @@
+"""Question templates for the sample families, one template per line."""

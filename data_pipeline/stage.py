@@ -1,0 +1,128 @@
+"""What every stage shares: the run context, stage files, resume bookkeeping and the async driver.
+
+A stage reads its predecessor's JSONL (one record per image), skips the images its own JSONL already
+holds, processes the rest and appends one record per image as soon as that image is done. A record
+with an ``"error"`` field is final for that image (for example an unrecoverable answer) and is not
+passed on; an image whose VLM request failed after every retry gets no record at all, so the next run
+tries it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from tqdm import tqdm
+
+from data_pipeline.images import Shard
+from data_pipeline.jsonl import JsonlWriter, read_jsonl
+from data_pipeline.templates import Templates
+from data_pipeline.vlm_client import VLMClient, VLMUnavailable
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("recognise", "ground", "relate", "qa", "filter", "export")
+PREVIOUS = {"ground": "recognise", "relate": "ground", "qa": "relate", "filter": "qa"}
+
+
+@dataclass
+class StageReport:
+    stage: str
+    done_before: int = 0  # images already finished by an earlier run
+    written: int = 0  # records written by this run (including error records)
+    errors: Counter[str] = field(default_factory=Counter)
+    pending: int = 0  # images left without a record (their requests failed); a rerun retries them
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "done_before": self.done_before, "written": self.written,
+                "errors": dict(self.errors), "pending": self.pending}
+
+
+@dataclass
+class RunContext:
+    """Everything a stage needs. ``vlm`` is None for runs without VLM stages."""
+
+    image_dir: Path
+    out_dir: Path
+    shard: Shard
+    templates: Templates
+    vlm: VLMClient | None
+    options: dict[str, Any]
+    seed: int = 0
+
+    def stage_path(self, stage: str) -> Path:
+        return self.out_dir / f"{stage}{self.shard.suffix}.jsonl"
+
+    def inputs(self, stage: str) -> list[dict[str, Any]]:
+        """The predecessor's good records (no ``error``) for this shard, in file order."""
+        path = self.stage_path(PREVIOUS[stage])
+        if not path.exists():
+            raise FileNotFoundError(f"stage {stage!r} reads {path}, which does not exist: run the "
+                                    f"{PREVIOUS[stage]!r} stage first (--stages {PREVIOUS[stage]},{stage})")
+        return [r for r in read_jsonl(path) if "error" not in r]
+
+    def done_ids(self, stage: str) -> set[str]:
+        return {r["image_id"] for r in read_jsonl(self.stage_path(stage))}
+
+
+def split_pending(ctx: RunContext, stage: str, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                                                          StageReport]:
+    done = ctx.done_ids(stage)
+    todo = [r for r in records if r["image_id"] not in done]
+    report = StageReport(stage, done_before=len(records) - len(todo))
+    if report.done_before:
+        logger.info("%s: %d/%d images already done by an earlier run", stage, report.done_before, len(records))
+    return todo, report
+
+
+def run_sync_stage(ctx: RunContext, stage: str, records: list[dict[str, Any]],
+                   process: Callable[[dict[str, Any]], dict[str, Any]]) -> StageReport:
+    """Apply ``process`` to each pending record, appending each result as soon as it is ready."""
+    todo, report = split_pending(ctx, stage, records)
+    with JsonlWriter(ctx.stage_path(stage)) as out:
+        for record in tqdm(todo, desc=stage, unit="img", disable=not todo):
+            result = process(record)
+            out.write(result)
+            report.written += 1
+            if "error" in result:
+                report.errors[result["error"].split(":")[0]] += 1
+    return report
+
+
+def run_vlm_stage(ctx: RunContext, stage: str, records: list[dict[str, Any]],
+                  process: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> StageReport:
+    """Run the coroutine ``process`` on pending records concurrently (the VLM client bounds requests)."""
+    todo, report = split_pending(ctx, stage, records)
+    if not todo:
+        return report
+    if ctx.vlm is None:
+        raise RuntimeError(f"stage {stage!r} needs a VLM client")
+    vlm = ctx.vlm
+
+    async def main() -> None:
+        with JsonlWriter(ctx.stage_path(stage)) as out, tqdm(total=len(todo), desc=stage, unit="img") as bar:
+            async def one(record: dict[str, Any]) -> None:
+                try:
+                    result = await process(record)
+                except VLMUnavailable as exc:
+                    logger.warning("%s", exc)
+                    report.pending += 1
+                    return
+                finally:
+                    bar.update(1)
+                out.write(result)
+                report.written += 1
+                if "error" in result:
+                    report.errors[result["error"].split(":")[0]] += 1
+
+            try:
+                await asyncio.gather(*(one(r) for r in todo))
+            finally:
+                await vlm.aclose()
+
+    asyncio.run(main())
+    return report

@@ -1,0 +1,1 @@
+"""The pipeline stages: recognise, ground, relate, qa, filter, export (one module each)."""
