@@ -73,12 +73,12 @@ def convert_pickle_file(source: str | Path, target: str | Path | None = None) ->
     except pickle.UnpicklingError as exc:
         raise _refused(source, exc) from exc
     tensors = _state_dict(obj, source)
-    seen: dict[tuple[int, int], str] = {}
+    seen: set[int] = set()
     for key, t in list(tensors.items()):
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset())
-        if ident in seen or not t.is_contiguous():
+        storage = t.untyped_storage().data_ptr()
+        if storage in seen or not t.is_contiguous():  # tied or strided: give it its own memory
             tensors[key] = t.contiguous().clone()
-        seen.setdefault(ident, key)
+        seen.add(storage)
     tmp = target.with_name(target.name + ".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
     tmp.replace(target)

@@ -95,6 +95,8 @@ def _raise_if_bad(report: VerifyReport, entry: Entry) -> None:
     problems = report.problems()
     if problems:
         detail = "; ".join(f"{c.path}: {c.status} ({c.detail})" for c in problems[:5])
+        if all(c.status == "missing" for c in problems):
+            raise ModelNotAvailableError(f"{entry.name}: files missing from {report.directory}: {detail}")
         raise ChecksumMismatchError(f"{entry.name}: {report.directory} failed verification: {detail}")
 
 

@@ -328,11 +328,17 @@ def test_pickle_checkpoint_directory_is_refused_with_conversion_advice(tmp_path)
 def test_convert_command_writes_safetensors(tmp_path, capsys):
     from model_zoo.cli import main
 
-    torch.save({"a": torch.ones(3), "b": torch.zeros(2, 2)}, tmp_path / "weights.pth")
+    emb = torch.randn(6, 4)  # tied and strided views share storage, which safetensors refuses as is
+    torch.save(
+        {"emb": emb, "lm_head": emb, "tail": emb[3:], "t": emb.t(), "b": torch.zeros(2)},
+        tmp_path / "weights.pth",
+    )
     assert main(["zoo", "convert", str(tmp_path)]) == 0
     assert "model.safetensors" in capsys.readouterr().out
     tensors = load_file(str(tmp_path / "model.safetensors"))
-    assert sorted(tensors) == ["a", "b"] and torch.equal(tensors["b"], torch.zeros(2, 2))
+    assert sorted(tensors) == ["b", "emb", "lm_head", "t", "tail"]
+    for key, want in {"emb": emb, "lm_head": emb, "tail": emb[3:], "t": emb.t(), "b": torch.zeros(2)}.items():
+        assert torch.equal(tensors[key], want), key
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["zoo", "convert", str(empty)]) == 2

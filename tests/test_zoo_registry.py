@@ -146,28 +146,16 @@ def _rec_json(path: Path, accs: dict[str, float]) -> Path:
     return path
 
 
+def zoo(command: str) -> int:
+    """Run ``tinygg zoo COMMAND`` (paths in tests have no spaces)."""
+    return main(["zoo", *command.split()])
+
+
 def test_add_list_verify_round_trip_through_the_cli(tmp_path, capsys):
     ckpt = _checkpoint(tmp_path)
     torch.save({"w": torch.zeros(1)}, ckpt / "extra.pt")  # a pickle beside safetensors: not registered
     rec = _rec_json(tmp_path / "rec.json", {"synthetic_test": 0.5, "synthetic_val": 0.75})
-    assert (
-        main(
-            [
-                "zoo",
-                "add",
-                "my-ckpt",
-                "--from",
-                str(ckpt),
-                "--preset",
-                "tiny",
-                "--stage",
-                "stage3",
-                "--eval",
-                str(rec),
-            ]
-        )
-        == 0
-    )
+    assert zoo(f"add my-ckpt --from {ckpt} --preset tiny --stage stage3 --eval {rec}") == 0
     assert "registered my-ckpt: 3 files" in capsys.readouterr().out
     user_reg = yaml.safe_load((tmp_path / "home" / "registry.yaml").read_text())
     [entry] = user_reg["models"]
@@ -175,60 +163,26 @@ def test_add_list_verify_round_trip_through_the_cli(tmp_path, capsys):
     assert entry["source"] == {"kind": "local", "path": str(ckpt.resolve())}
     assert entry["metrics"]["rec"]["average"] == pytest.approx(0.625)
 
-    assert main(["zoo", "list"]) == 0
+    assert zoo("list") == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("my-ckpt"))
     assert row.split() == ["my-ckpt", "checkpoint", "tiny", "stage3", "local", "62.50", "local"]
     assert "Qwen/Qwen2.5-3B-Instruct" in out
 
-    assert main(["zoo", "verify", "my-ckpt"]) == 0
+    assert zoo("verify my-ckpt") == 0
     assert "OK (3 ok, 1 unchecked)" in capsys.readouterr().out  # extra.pt: never loaded
     assert resolve_model("my-ckpt") == ckpt.resolve()
 
     # a child checkpoint names its parent; an unknown parent is refused with a suggestion
-    assert (
-        main(
-            [
-                "zoo",
-                "add",
-                "my-ckpt-dig",
-                "--from",
-                str(ckpt),
-                "--preset",
-                "tiny",
-                "--stage",
-                "dig",
-                "--parent",
-                "my-ckpt",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "zoo",
-                "add",
-                "orphan",
-                "--from",
-                str(ckpt),
-                "--preset",
-                "tiny",
-                "--stage",
-                "dig",
-                "--parent",
-                "my-ckp",
-            ]
-        )
-        == 2
-    )
+    assert zoo(f"add my-ckpt-dig --from {ckpt} --preset tiny --stage dig --parent my-ckpt") == 0
+    assert zoo(f"add orphan --from {ckpt} --preset tiny --stage dig --parent my-ckp") == 2
     assert "Did you mean: my-ckpt" in capsys.readouterr().err
-    assert main(["zoo", "add", "my-ckpt", "--from", str(ckpt), "--preset", "tiny", "--stage", "stage3"]) == 2
+    assert zoo(f"add my-ckpt --from {ckpt} --preset tiny --stage stage3") == 2
     assert "--overwrite" in capsys.readouterr().err
 
     # tampering is caught by verify and by resolve
     (ckpt / "config.json").write_text(json.dumps({"model_type": "evil"}))
-    assert main(["zoo", "verify", "my-ckpt"]) == 1
+    assert zoo("verify my-ckpt") == 1
     assert "mismatch  config.json" in capsys.readouterr().out
     with pytest.raises(ChecksumMismatchError, match="config.json"):
         resolve_model("my-ckpt")
