@@ -15,10 +15,11 @@ import numpy as np
 from dig import properties as P
 
 
-def camera_to_world() -> np.ndarray:
-    """4x4 camera-to-world matrix (columns: camera right, up, backward, location)."""
-    loc = np.asarray(P.CAMERA_LOCATION, dtype=np.float64)
-    forward = np.asarray(P.CAMERA_TARGET, dtype=np.float64) - loc
+def look_at(location: tuple[float, float, float], target: tuple[float, float, float]) -> np.ndarray:
+    """4x4 matrix of an object at ``location`` whose local -Z points at ``target`` with +Y up (Blender's
+    convention for cameras and lights; columns: right, up, backward, location)."""
+    loc = np.asarray(location, dtype=np.float64)
+    forward = np.asarray(target, dtype=np.float64) - loc
     forward /= np.linalg.norm(forward)
     right = np.cross(forward, np.array([0.0, 0.0, 1.0]))
     right /= np.linalg.norm(right)
@@ -28,11 +29,17 @@ def camera_to_world() -> np.ndarray:
     return m
 
 
+def camera_to_world() -> np.ndarray:
+    """4x4 camera-to-world matrix of the DiG camera."""
+    return look_at(P.CAMERA_LOCATION, P.CAMERA_TARGET)
+
+
 def focal_pixels(width: int) -> float:
     """Focal length in pixels for an image ``width`` pixels wide (horizontal sensor fit)."""
     return P.CAMERA_LENS_MM / P.CAMERA_SENSOR_WIDTH_MM * width
 
 
+@lru_cache(maxsize=1)
 def ground_directions() -> dict[str, np.ndarray]:
     """Unit vectors on the ground plane for ``left``, ``right``, ``front``, ``behind`` as CLEVR defines
     them: the camera's left and viewing directions projected onto z = 0 (front = towards the camera)."""
@@ -43,7 +50,10 @@ def ground_directions() -> dict[str, np.ndarray]:
     behind[2] = 0.0
     left /= np.linalg.norm(left)
     behind /= np.linalg.norm(behind)
-    return {"left": left[:2], "right": -left[:2], "behind": behind[:2], "front": -behind[:2]}
+    out = {"left": left[:2], "right": -left[:2], "behind": behind[:2], "front": -behind[:2]}
+    for v in out.values():
+        v.setflags(write=False)
+    return out
 
 
 def project(points: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -56,6 +66,15 @@ def project(points: np.ndarray, width: int, height: int) -> np.ndarray:
     u = width / 2.0 + f * cam[:, 0] / depth
     v = height / 2.0 - f * cam[:, 1] / depth
     return np.stack([u, v], axis=1)
+
+
+def projected_box(points: np.ndarray, width: int, height: int) -> list[float]:
+    """Box around the projections of 3-D ``points`` (N, 3), clipped to the image: the loose, occlusion-blind
+    box that projecting bounding-box corners gives (compare with the tight mask boxes)."""
+    uv = project(points, width, height)
+    x1, y1 = np.clip(uv.min(axis=0), 0, [width, height])
+    x2, y2 = np.clip(uv.max(axis=0), 0, [width, height])
+    return [float(x1), float(y1), float(x2), float(y2)]
 
 
 @lru_cache(maxsize=8)

@@ -58,6 +58,7 @@ class PairConfig:
     workers: int = 1
     size: tuple[int, int] | None = None  # (W, H); default DEMO_SIZE for flat, CLEVR_SIZE for blender
     samples: int = 32  # Cycles samples (blender only)
+    denoise: bool = True  # OpenImageDenoise after Cycles (blender only; off = bit-exact reruns)
     shard: tuple[int, int] = (0, 1)  # (i, n): this run makes the pairs whose index % n == i
     zero_diff_fraction: float = 0.0  # share of pairs with no difference (answer [])
     seed: int = 0
@@ -388,7 +389,7 @@ def _blender_records(cfg: PairConfig, todo: list[int]) -> Iterator[dict[str, Any
     def job(plan: PairPlan) -> dict[str, Any]:
         return {
             "id": plan.pair_id, "width": cfg.width, "height": cfg.height, "samples": cfg.samples,
-            "seed": cfg.seed, "threads": threads,
+            "seed": cfg.seed, "threads": threads, "denoise": cfg.denoise,
             "scenes": [plan.scene_a.to_dict(), plan.scene_b.to_dict()],
             "images": [str(out / "images" / f"{plan.pair_id}_a.png"), str(out / "images" / f"{plan.pair_id}_b.png")],
             "masks": [str(mask_dir / f"{plan.pair_id}_a.png"), str(mask_dir / f"{plan.pair_id}_b.png")],
@@ -426,3 +427,5 @@ def _blender_records(cfg: PairConfig, todo: list[int]) -> Iterator[dict[str, Any
                     for p in paths:
                         Path(p).unlink(missing_ok=True)
                 yield record
+    if not any(tmp_masks.iterdir()):
+        tmp_masks.rmdir()

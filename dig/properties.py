@@ -51,9 +51,9 @@ CAMERA_SENSOR_WIDTH_MM = 32.0  # fitted horizontally
 
 #: Lights (area lights in Blender, directions in the flat renderer): name -> (location, power in W, size).
 LIGHTS: dict[str, tuple[tuple[float, float, float], float, float]] = {
-    "key": ((6.4, 2.9, 6.5), 1000.0, 1.0),
-    "fill": ((-4.7, -4.6, 3.8), 300.0, 1.0),
-    "back": ((-1.2, 6.7, 5.0), 500.0, 1.0),
+    "key": ((6.4, 2.9, 6.5), 450.0, 3.0),
+    "fill": ((-4.7, -4.6, 3.8), 120.0, 3.0),
+    "back": ((-1.2, 6.7, 5.0), 250.0, 3.0),
 }
 
 GROUND_GRAY = 0.5  # linear albedo of the ground plane

@@ -39,17 +39,11 @@ class FlatRender:
 
 
 def _bounding_radius(obj: SceneObject) -> float:
-    r = obj.scale
-    if obj.shape == "cube":
-        return P.cube_half_side(r) * np.sqrt(3.0)
-    if obj.shape == "cylinder":
-        return r * np.sqrt(2.0)
-    return r
+    return obj.half_extent * {"cube": np.sqrt(3.0), "cylinder": np.sqrt(2.0), "sphere": 1.0}[obj.shape]
 
 
 def _center(obj: SceneObject) -> np.ndarray:
-    z = P.cube_half_side(obj.scale) if obj.shape == "cube" else obj.scale
-    return np.array([obj.x, obj.y, z])
+    return np.array([obj.x, obj.y, obj.half_extent])
 
 
 def _intersect(obj: SceneObject, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +67,7 @@ def _intersect(obj: SceneObject, origin: np.ndarray, dirs: np.ndarray) -> tuple[
             ok = tc > 0
             hit_n = (origin + tc[:, None] * d - c) / r
         elif obj.shape == "cube":
-            h = P.cube_half_side(r)
+            h = obj.half_extent
             th = np.deg2rad(obj.rotation)
             rot = np.array([[np.cos(th), -np.sin(th), 0.0], [np.sin(th), np.cos(th), 0.0], [0.0, 0.0, 1.0]])
             lo = rot.T @ oc  # (3,) ray origin in the cube's frame

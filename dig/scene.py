@@ -50,6 +50,19 @@ class SceneObject:
         """CLEVR's ``r``: footprint radius, sphere/cylinder radius; the object's centre is at z = r."""
         return P.SIZES[self.size]
 
+    @property
+    def half_extent(self) -> float:
+        """Half the object's height (its centre's z) and half its side along its own x and y axes."""
+        return P.cube_half_side(self.scale) if self.shape == "cube" else self.scale
+
+    def corners(self) -> np.ndarray:
+        """The 8 corners (8, 3) of the object's bounding box (turned with the object for cubes)."""
+        h = self.half_extent
+        local = np.array([[sx * h, sy * h, sz * h] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+        th = math.radians(self.rotation) if self.shape == "cube" else 0.0
+        rot = np.array([[math.cos(th), -math.sin(th), 0.0], [math.sin(th), math.cos(th), 0.0], [0.0, 0.0, 1.0]])
+        return local @ rot.T + np.array([self.x, self.y, h])
+
     def describe(self) -> str:
         return P.describe(self.size, self.color, self.material, self.shape)
 

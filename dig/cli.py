@@ -1,0 +1,129 @@
+"""Command-line front ends of DiG data generation; the lead's ``tinygg/cli.py`` wires them in:
+
+* ``register_dig(subparsers)`` adds ``generate`` to the ``tinygg dig`` group::
+
+      tinygg dig generate --out data/dig --difficulty curriculum --renderer blender --workers 2
+
+* ``register_synth(subparsers)`` adds ``synth`` to the ``tinygg data`` group::
+
+      tinygg data synth --out data/synth --n 2000 --size 128x96
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from dig import properties as P
+
+logger = logging.getLogger(__name__)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"320x240"`` -> (320, 240)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 320x240, got {text!r}") from None
+    if w < 8 or h < 8:
+        raise argparse.ArgumentTypeError(f"size must be at least 8x8, got {text!r}")
+    return w, h
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/8"`` -> (2, 8): this machine makes the pairs whose index % 8 == 2."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/n such as 0/4, got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def register_dig(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "generate", help="render DiG image pairs with K differences (pairs.jsonl + images)",
+        description="Render CLEVR-style image pairs that differ in K objects (shape, colour, size, material, "
+                    "added, deleted), with tight ground-truth boxes from instance masks. Resumable: run the "
+                    "same command again to finish an interrupted run.")
+    p.add_argument("--out", required=True, help="output directory (pairs.jsonl, images/)")
+    p.add_argument("--n", type=int, default=None,
+                   help="number of pairs (per set for curriculum; default 1600 for curriculum, else 100)")
+    p.add_argument("--difficulty", default="single", choices=["single", "dual", "mixed", "curriculum"],
+                   help="single = 1 difference, dual = 2, mixed = 1..4; curriculum writes all three sets "
+                        "into single/, dual/, mixed/ (default: single)")
+    p.add_argument("--renderer", default="flat", choices=["flat", "blender"],
+                   help="flat = fast numpy ray caster; blender = Cycles (needs bpy==5.0.1) (default: flat)")
+    p.add_argument("--workers", type=int, default=1, help="parallel render processes (default: 1)")
+    p.add_argument("--size", type=parse_size, default=None,
+                   help=f"image size WxH (default: {P.DEMO_SIZE[0]}x{P.DEMO_SIZE[1]} flat, "
+                        f"{P.CLEVR_SIZE[0]}x{P.CLEVR_SIZE[1]} blender)")
+    p.add_argument("--samples", type=int, default=32, help="Cycles samples per pixel (blender; default: 32)")
+    p.add_argument("--no-denoise", action="store_true",
+                   help="skip OpenImageDenoise (blender; noisier images, bit-identical reruns)")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1),
+                   help="i/n: make only the pairs whose index %% n == i (for many machines; default 0/1)")
+    p.add_argument("--zero-diff-fraction", type=float, default=0.0,
+                   help="share of pairs with no difference, whose answer is [] (default: 0)")
+    p.add_argument("--max-differences", type=int, default=4, help="mixed: at most this many (default: 4)")
+    p.add_argument("--save-masks", action="store_true", help="also write instance masks to masks/")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the data depend only on it (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_generate)
+    return p
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from dig.pairs import CURRICULUM_PAIRS, PairConfig, generate_pairs  # noqa: PLC0415
+
+    n = args.n if args.n is not None else (CURRICULUM_PAIRS if args.difficulty == "curriculum" else 100)
+    cfg = PairConfig(out=args.out, n=n, difficulty=args.difficulty, renderer=args.renderer, workers=args.workers,
+                     size=args.size, samples=args.samples, shard=args.shard,
+                     zero_diff_fraction=args.zero_diff_fraction, seed=args.seed,
+                     max_differences=args.max_differences, save_masks=args.save_masks, denoise=not args.no_denoise)
+    for path in generate_pairs(cfg, progress=not args.no_progress):
+        print(path)
+    return 0
+
+
+def register_synth(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from dig.synth import TASKS  # noqa: PLC0415
+
+    p = subparsers.add_parser(
+        "synth", help="synthetic grounding corpus from CLEVR scenes (train/val JSON, REC test JSONL)",
+        description="Render CLEVR scenes with the flat renderer and write grounding samples in the training "
+                    "schema: text->box, box->text, object image->box and text->object image choice, with "
+                    "referring expressions unique in their scene. Writes train.json, val.json, test.json, "
+                    "test_rec.jsonl and images/ under --out (the image root).")
+    p.add_argument("--out", required=True, help="output directory (the image root of the samples)")
+    p.add_argument("--n", type=int, default=1000, help="number of scenes (images) (default: 1000)")
+    p.add_argument("--size", type=parse_size, default=P.DEMO_SIZE,
+                   help=f"image size WxH (default: {P.DEMO_SIZE[0]}x{P.DEMO_SIZE[1]})")
+    p.add_argument("--min-objects", type=int, default=P.MIN_OBJECTS, help="objects per scene, at least")
+    p.add_argument("--max-objects", type=int, default=P.MAX_OBJECTS,
+                   help="objects per scene, at most (1 with --min-objects 1 gives easy single-object data)")
+    p.add_argument("--tasks", default=",".join(TASKS),
+                   help=f"comma-separated tasks among {','.join(TASKS)} (default: all)")
+    p.add_argument("--per-image", type=int, default=2, help="samples per task per image (default: 2)")
+    p.add_argument("--no-relations", action="store_true",
+                   help="attribute expressions only (no 'left of the blue sphere')")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of scenes for val (default: 0.1)")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="share of scenes for test (default: 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_synth)
+    return p
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from dig.synth import SynthConfig, generate_synth  # noqa: PLC0415
+
+    cfg = SynthConfig(out=args.out, n=args.n, size=args.size, min_objects=args.min_objects,
+                      max_objects=args.max_objects, tasks=tuple(t for t in args.tasks.split(",") if t),
+                      per_image=args.per_image, relations=not args.no_relations, val_fraction=args.val_fraction,
+                      test_fraction=args.test_fraction, seed=args.seed)
+    counts = generate_synth(cfg, progress=not args.no_progress)
+    for name, count in counts.items():
+        print(f"{name}: {count}")
+    return 0

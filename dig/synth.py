@@ -1,0 +1,274 @@
+"""A synthetic grounding corpus from CLEVR scenes (flat renderer): the training-sample schema of
+``tinygg`` with referring expressions that are unique in their scene.
+
+Tasks (the paper's fine-grained grounding tasks, section 3.2), one sample each:
+
+* ``text2box``: "Output the coordinate of the small red metal cube." -> ``[x1,y1,x2,y2]``
+* ``box2text``: "What object is in the region [..]?" -> "a small red metal cube"
+* ``object2box``: "Where is <object> in the image? ..." (``objects`` holds the crop's pixel box) -> box
+* ``text2object``: "Which option is the cube left of the blue sphere? (A) <object> (B) <object> ..." -> "(B)"
+
+Expressions name attributes in CLEVR's order (size, colour, material, shape; "object" when the shape is
+left out) and may add one spatial relation to a uniquely described anchor ("left of", "right of",
+"in front of", "behind", along the camera's ground directions as CLEVR defines them). Every expression
+matches exactly one object of its scene, counting hidden objects too.
+
+Output under ``--out`` (the image root): ``images/``, ``train.json``, ``val.json``, ``test.json`` (lists of
+samples), ``test_rec.jsonl`` (``{"img_path", "expression", "bbox"}`` pixel rows for ``tinygg eval rec``),
+``scenes.jsonl`` (each image's scene spec and split) and ``synth_info.json``. Splits are by scene.
+Easy data for a model trained from scratch:
+``--min-objects 1 --max-objects 1 --tasks object2box,text2box``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from dig import properties as P
+from dig.camera import ground_directions
+from dig.masks import mask_box, visible_counts
+from dig.render_flat import render_flat
+from dig.scene import ATTRIBUTES, Scene, SceneObject, sample_scene
+from tinygg.boxes import box_iou, format_box, pixel_to_square
+
+logger = logging.getLogger(__name__)
+
+TASKS: tuple[str, ...] = ("text2box", "box2text", "object2box", "text2object")
+RELATIONS: dict[str, str] = {"left": "left of", "right": "right of", "front": "in front of", "behind": "behind"}
+_WORD_ORDER = ("size", "color", "material", "shape")
+_OPTION_LETTERS = "ABCD"
+_MAX_OPTION_IOU = 0.3  # options whose boxes overlap more than this are not shown together
+_SCENE_STREAM = 7  # keeps synth scenes apart from DiG pair scenes for the same seed
+
+
+@dataclass(frozen=True)
+class Expression:
+    """Attributes of the target, optionally a relation to an anchor described by its own attributes."""
+
+    attrs: tuple[tuple[str, str], ...]
+    relation: str | None = None
+    anchor: tuple[tuple[str, str], ...] = ()
+
+    def text(self) -> str:
+        words = _noun_phrase(self.attrs)
+        if self.relation is None:
+            return f"the {words}"
+        return f"the {words} {RELATIONS[self.relation]} the {_noun_phrase(self.anchor)}"
+
+
+def _noun_phrase(attrs: tuple[tuple[str, str], ...]) -> str:
+    d = dict(attrs)
+    words = [d[a] for a in _WORD_ORDER if a in d and a != "shape"]
+    return " ".join(words + [d.get("shape", "object")])
+
+
+def _matches(obj: SceneObject, attrs: tuple[tuple[str, str], ...]) -> bool:
+    return all(getattr(obj, a) == v for a, v in attrs)
+
+
+def relation_holds(obj: SceneObject, anchor: SceneObject, relation: str) -> bool:
+    """CLEVR's relation: ``obj`` lies on the ``relation`` side of ``anchor`` along the ground direction."""
+    vec = ground_directions()[relation]
+    return obj is not anchor and (obj.x - anchor.x) * vec[0] + (obj.y - anchor.y) * vec[1] > 0
+
+
+def resolve(expr: Expression, scene: Scene) -> list[int]:
+    """Indices of the scene's objects that ``expr`` describes."""
+    cands = [i for i, o in enumerate(scene.objects) if _matches(o, expr.attrs)]
+    if expr.relation is None:
+        return cands
+    anchors = [a for a in scene.objects if _matches(a, expr.anchor)]
+    if len(anchors) != 1:
+        return []
+    return [i for i in cands if relation_holds(scene.objects[i], anchors[0], expr.relation)]
+
+
+def _attr_sets(obj: SceneObject, min_size: int = 1) -> list[tuple[tuple[str, str], ...]]:
+    """Every subset of the object's attributes with at least ``min_size`` entries, smallest first."""
+    return [tuple((a, getattr(obj, a)) for a in subset)
+            for k in range(min_size, len(ATTRIBUTES) + 1) for subset in combinations(_WORD_ORDER, k)]
+
+
+def unique_expressions(scene: Scene, target: int, relations: bool = True) -> list[Expression]:
+    """Expressions that pick out exactly ``scene.objects[target]``: the smallest unique attribute sets,
+    the full description when it is unique, and (``relations``) the shortest relational ones."""
+    obj = scene.objects[target]
+    out: list[Expression] = []
+    unique_sets = [s for s in _attr_sets(obj) if resolve(Expression(s), scene) == [target]]
+    if unique_sets:
+        smallest = len(unique_sets[0])
+        out.extend(Expression(s) for s in unique_sets if len(s) == smallest)
+        if len(unique_sets[-1]) > smallest:
+            out.append(Expression(unique_sets[-1]))
+    if relations:
+        for j, anchor in enumerate(scene.objects):
+            if j == target:
+                continue
+            anchor_sets = [s for s in _attr_sets(anchor) if resolve(Expression(s), scene) == [j]]
+            if not anchor_sets:
+                continue
+            for rel in RELATIONS:
+                if not relation_holds(obj, anchor, rel):
+                    continue
+                for s in _attr_sets(obj, min_size=0):
+                    expr = Expression(s, rel, anchor_sets[0])
+                    if resolve(expr, scene) == [target]:
+                        out.append(expr)
+                        break
+    return out
+
+
+@dataclass
+class SynthConfig:
+    out: str | Path
+    n: int = 1000
+    size: tuple[int, int] = P.DEMO_SIZE
+    min_objects: int = P.MIN_OBJECTS
+    max_objects: int = P.MAX_OBJECTS
+    tasks: tuple[str, ...] = TASKS
+    per_image: int = 2  # samples per task per image
+    relations: bool = True
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks:
+            raise ValueError(f"--tasks: expected a comma-separated subset of {','.join(TASKS)}, got {self.tasks}")
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"--min-objects/--max-objects: need 1 <= min <= max, got "
+                             f"{self.min_objects}/{self.max_objects}")
+        if self.n < 1 or self.per_image < 1:
+            raise ValueError(f"--n and --per-image must be >= 1, got {self.n} and {self.per_image}")
+        if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"--val-fraction + --test-fraction must be in [0, 1), got "
+                             f"{self.val_fraction} + {self.test_fraction}")
+
+
+def _splits(cfg: SynthConfig) -> list[str]:
+    """Split name per scene index: a seeded permutation, at least one val/test scene when asked for."""
+    n = cfg.n
+    n_test = max(1, round(n * cfg.test_fraction)) if cfg.test_fraction > 0 and n >= 3 else 0
+    n_val = max(1, round(n * cfg.val_fraction)) if cfg.val_fraction > 0 and n >= 3 else 0
+    names = ["train"] * n
+    order = np.random.default_rng([cfg.seed, _SCENE_STREAM, n]).permutation(n)
+    for k, i in enumerate(order[:n_test + n_val]):
+        names[int(i)] = "test" if k < n_test else "val"
+    return names
+
+
+def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg: SynthConfig,
+                  rng: np.random.Generator) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training samples and REC rows of one rendered scene."""
+    w, h = cfg.size
+    thr = P.min_visible_pixels(w, h)
+    counts = visible_counts(mask, len(scene))
+    visible = [i for i in range(len(scene)) if counts[i] >= thr]
+    boxes = {i: mask_box(mask, i + 1) for i in visible}
+    samples: list[dict[str, Any]] = []
+    rec_rows: list[dict[str, Any]] = []
+    exprs = {i: unique_expressions(scene, i, cfg.relations) for i in visible}
+    referable = [i for i in visible if exprs[i]]
+
+    def box_text(i: int) -> str:
+        return format_box(pixel_to_square(boxes[i], w, h))
+
+    def choose_expression(i: int) -> str:
+        """Half the time an attribute-only expression when one exists, else any (relations included)."""
+        plain = [e for e in exprs[i] if e.relation is None]
+        pool = plain if plain and rng.random() < 0.5 else exprs[i]
+        return pool[int(rng.integers(len(pool)))].text()
+
+    def pick(options: list[int]) -> list[int]:
+        return [options[int(k)] for k in rng.permutation(len(options))[:cfg.per_image]]
+
+    for task in cfg.tasks:
+        targets = pick(referable if task in ("text2box", "text2object") else visible)
+        for k, i in enumerate(targets):
+            sid = f"{scene_id}_{task}_{k}"
+            if task == "text2box":
+                text = choose_expression(i)
+                turns = [f"<image>\nOutput the coordinate of {text}.", box_text(i)]
+                rec_rows.append({"img_path": image, "expression": text, "bbox": boxes[i]})
+                objects: list[list[int]] = []
+            elif task == "box2text":
+                turns = [f"<image>\nWhat object is in the region {box_text(i)}?", f"a {scene.objects[i].describe()}"]
+                objects = []
+            elif task == "object2box":
+                turns = ["<image>\nWhere is <object> in the image? Output its coordinate.", box_text(i)]
+                objects = [boxes[i]]
+            else:
+                options = [i]
+                for j in rng.permutation(visible):
+                    j = int(j)
+                    if len(options) == min(len(_OPTION_LETTERS), 3) or j in options:
+                        continue
+                    if box_iou(np.array([boxes[j]]), np.array([boxes[o] for o in options])).max() <= _MAX_OPTION_IOU:
+                        options.append(j)
+                if len(options) < 2:
+                    continue
+                options = [options[int(m)] for m in rng.permutation(len(options))]
+                text = choose_expression(i)
+                listing = " ".join(f"({_OPTION_LETTERS[m]}) <object>" for m in range(len(options)))
+                turns = [f"<image>\nWhich option is {text}? {listing} Answer with the option's letter.",
+                         f"({_OPTION_LETTERS[options.index(i)]})"]
+                objects = [boxes[o] for o in options]
+            sample: dict[str, Any] = {"id": sid, "image": image,
+                                      "conversations": [{"from": "human", "value": turns[0]},
+                                                        {"from": "gpt", "value": turns[1]}]}
+            if objects:
+                sample["objects"] = objects
+            samples.append(sample)
+    return samples, rec_rows
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) if not isinstance(data, str) else data, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def generate_synth(cfg: SynthConfig, progress: bool = True) -> dict[str, int]:
+    """Write the corpus; returns the number of samples/rows per output file."""
+    out = Path(cfg.out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    w, h = cfg.size
+    split_of = _splits(cfg)
+    data: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
+    rec: list[dict[str, Any]] = []
+    scenes: list[str] = []
+    for i in tqdm(range(cfg.n), desc="synth", unit="scene", disable=not progress):
+        rng = np.random.default_rng([cfg.seed, _SCENE_STREAM, i])
+        scene = sample_scene(rng, min_objects=cfg.min_objects, max_objects=cfg.max_objects)
+        render = render_flat(scene, w, h)
+        image = f"images/synth_{i:06d}.png"
+        path = out / image
+        if not path.exists():  # deterministic: an earlier run wrote the same pixels
+            Image.fromarray(render.image).save(path.with_name(path.name + ".tmp.png"))
+            os.replace(path.with_name(path.name + ".tmp.png"), path)
+        samples, rows = scene_samples(scene, render.mask, image, f"synth_{i:06d}", cfg, rng)
+        data[split_of[i]].extend(samples)
+        scenes.append(json.dumps({"image": image, "split": split_of[i], "scene": scene.to_dict()}) + "\n")
+        if split_of[i] == "test":
+            rec.extend(rows)
+    for name, samples in data.items():
+        _write_json(out / f"{name}.json", samples)
+    _write_json(out / "test_rec.jsonl", "".join(json.dumps(r) + "\n" for r in rec))
+    _write_json(out / "scenes.jsonl", "".join(scenes))
+    counts = {f"{k}.json": len(v) for k, v in data.items()} | {"test_rec.jsonl": len(rec)}
+    info = {"config": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                       for k, v in asdict(cfg).items()}, "counts": counts, "image_root": "."}
+    _write_json(out / "synth_info.json", info)
+    logger.info("synthetic corpus in %s: %s", out, counts)
+    return counts
