@@ -1,0 +1,779 @@
+"""DiG rewards: the format reward and the Hungarian-matched F1 / mean-IoU accuracy rewards.
+
+One scorer serves GRPO training (through TRL reward functions, :func:`make_reward_funcs`) and DiG
+evaluation (:mod:`dig.evaluate`), so the metric a model is trained on and the metric it is judged by
+cannot drift apart.
+
+What is scored
+--------------
+A completion is a string or TRL's conversational form ``[{"role": "assistant", "content": ...}]``
+(``content`` a string or a list of ``{"type": "text", "text": ...}`` parts). Its **answer** is the text
+after the last ``</think>`` (thinking models); a ``<think>`` that is never closed leaves an empty answer.
+
+Boxes are every ``[a,b,c,d]`` in the answer (:func:`tinygg.boxes.parse_boxes`), in one of three frames
+chosen by :attr:`RewardConfig.box_format`:
+
+* ``"norm"``: TinyGroundingGPT's floats in [0, 1], normalised to the image padded to a square;
+* ``"qwen1000"``: Qwen-VL integers on a 0-1000 grid relative to the image (x over width, y over height);
+* ``"pixel"``: pixels of the original image.
+
+Ground-truth boxes arrive in pixels with the image size (a DiG pair record); they are moved into the
+prediction's frame and both are scaled to a unit frame (``norm``: the padded square; the others:
+image-relative), where L1 is computed. IoU and GIoU do not depend on that choice (they are invariant to
+per-axis scaling). Swapped corners are put in order (:func:`tinygg.boxes.canonical`).
+
+Format reward (binary)
+----------------------
+1.0 when the answer, after stripping whitespace and one surrounding markdown code fence, is a JSON list
+whose items are all boxes, and 0.0 otherwise. A box item is a list of 4 finite numbers, or an object with
+a ``bbox_2d``, ``bbox`` or ``box`` key holding one (Qwen-VL's JSON). Also required: at most
+``max_boxes`` items, and every coordinate inside the frame (``[0, 1]``, ``[0, 1000]`` or the image's
+pixels). ``[]`` is a well-formed answer meaning "no differences". Text around the list, a bare box
+``[x1,y1,x2,y2]`` that is not inside a list, or an unclosed thought all score 0.
+
+Accuracy (F1 and IoU)
+---------------------
+The first ``max_boxes`` predicted boxes are matched one-to-one to the M ground-truth boxes with the
+Hungarian algorithm on the cost ``lambda_l1 * L1 - lambda_giou * GIoU`` (DETR's matcher without its
+class term; L1 is the sum of the 4 absolute corner differences in the unit frame). A matched pair is a
+hit when IoU >= ``tau`` (with a 1e-9 tolerance, so IoU equal to ``tau`` in exact arithmetic is a hit
+whatever the float rounding). With n_m hits and N the number of **all** parsed boxes (uncapped):
+
+* precision ``n_m / N`` and recall ``n_m / M``; an empty side scores 1 only if the other is empty too
+  (N = 0 gives precision ``float(M == 0)``; M = 0 gives recall ``float(N == 0)``);
+* ``F1 = 2PR / (P + R)``, 0 when P + R = 0;
+* mean IoU, by :attr:`RewardConfig.iou_mode`: ``"matched"`` (default, the paper's "mean IoU of the
+  matches") averages over the min(N, M) Hungarian pairs, hits or not; ``"gt"`` sums those IoUs over M
+  (an unmatched GT box counts 0); ``"max"`` divides by max(N, M) (over-prediction also costs). With
+  nothing to pair, IoU is 1 when N = M = 0 and 0 otherwise.
+
+Reward-hacking guards: a duplicate box is matched at most once (one-to-one), so repeating a good box only
+lowers precision; more than ``max_boxes`` boxes fails the format and every box counts in N (over-
+prediction); an empty answer to an empty GT is perfect (1 on every component).
+
+``total = w_format * format + w_f1 * F1 + w_iou * IoU``, in ``[0, w_format + w_f1 + w_iou]``. The paper's
+reward ablation is :meth:`RewardConfig.ablation` (``format``, ``format+iou``, ``format+f1``, ``full``).
+
+>>> cfg = RewardConfig()
+>>> s = score_completion("[[0.000,0.125,0.500,0.625]]", [[0, 0, 320, 320]], (640, 480), cfg)
+>>> s.format, s.f1, round(s.iou, 6), s.total
+(1.0, 1.0, 1.0, 3.0)
+>>> s = score_completion("[[0.000,0.125,0.500,0.625],[0.000,0.125,0.500,0.625]]",
+...                      [[0, 0, 320, 320]], (640, 480), cfg)  # a duplicate is a false positive
+>>> s.precision, s.recall, round(s.f1, 4), s.n_hit
+(0.5, 1.0, 0.6667, 1)
+>>> score_completion("[]", [], (640, 480), cfg).total  # nothing to find, nothing found
+3.0
+>>> score_completion("I see no box", [[0, 0, 10, 10]], (640, 480), cfg).total
+0.0
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from itertools import chain, islice, permutations
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from tinygg.boxes import BOX_PATTERN, box_iou, canonical, generalized_box_iou, parse_boxes, pixel_to_square
+
+logger = logging.getLogger(__name__)
+
+BOX_FORMATS = ("norm", "qwen1000", "pixel")
+IOU_MODES = ("matched", "gt", "max")
+IOU_TOLERANCE = 1e-9
+QWEN_GRID = 1000.0
+JSON_BOX_KEYS = ("bbox_2d", "bbox", "box")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_BOX = re.sub(r"\((?!\?)", "(?:", BOX_PATTERN.pattern)  # the box grammar of tinygg.boxes, without groups
+_BARE_LIST = re.compile(rf"\[\s*(?:{_BOX}(?:\s*,\s*{_BOX})*)?\s*\]")  # [[a,b,c,d], ...] or []
+_FENCE = re.compile(r"^```[A-Za-z0-9_-]*\s*\n?(.*?)\n?\s*```$", re.DOTALL)
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """How completions are parsed, matched and weighted (see the module docstring for definitions)."""
+
+    box_format: str = "norm"  # "norm" (TinyGG padded square, [0, 1]) | "qwen1000" (0-1000 grid) | "pixel"
+    tau: float = 0.5  # IoU at or above which a matched pair is a hit
+    lambda_l1: float = 5.0  # DETR's matcher weights
+    lambda_giou: float = 2.0
+    max_boxes: int = 10  # cap on N: more boxes fail the format; only the first max_boxes are matched
+    iou_mode: str = "matched"  # "matched" | "gt" | "max": the denominator of the mean IoU
+    w_format: float = 1.0
+    w_f1: float = 1.0
+    w_iou: float = 1.0
+    accuracy_requires_format: bool = False  # True: F1 and IoU are 0 when the format reward is 0
+
+    def __post_init__(self) -> None:
+        if self.box_format not in BOX_FORMATS:
+            raise ValueError(f"RewardConfig.box_format must be one of {BOX_FORMATS}; got {self.box_format!r}")
+        if self.iou_mode not in IOU_MODES:
+            raise ValueError(f"RewardConfig.iou_mode must be one of {IOU_MODES}; got {self.iou_mode!r}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"RewardConfig.tau must be in (0, 1]; got {self.tau}")
+        if self.max_boxes < 1:
+            raise ValueError(f"RewardConfig.max_boxes must be >= 1; got {self.max_boxes}")
+        for name in ("lambda_l1", "lambda_giou", "w_format", "w_f1", "w_iou"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"RewardConfig.{name} must be a finite number >= 0; got {value}")
+
+    @property
+    def max_total(self) -> float:
+        """The largest possible total reward."""
+        return self.w_format + self.w_f1 + self.w_iou
+
+    @property
+    def weights(self) -> list[float]:
+        """``[w_format, w_f1, w_iou]``: the order of :func:`make_reward_funcs`, for GRPOConfig.reward_weights."""
+        return [self.w_format, self.w_f1, self.w_iou]
+
+    @classmethod
+    def ablation(cls, name: str, **overrides: Any) -> "RewardConfig":
+        """The reward variants of the DiG paper's Table 4.
+
+        >>> RewardConfig.ablation("format+f1").weights
+        [1.0, 1.0, 0.0]
+        """
+        table = {"format": (1.0, 0.0, 0.0), "format+iou": (1.0, 0.0, 1.0),
+                 "format+f1": (1.0, 1.0, 0.0), "full": (1.0, 1.0, 1.0)}
+        if name not in table:
+            raise ValueError(f"unknown reward ablation {name!r}; choose one of {sorted(table)}")
+        w_format, w_f1, w_iou = table[name]
+        return replace(cls(**overrides), w_format=w_format, w_f1=w_f1, w_iou=w_iou)
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a completion: a string, or TRL's ``[{"role": "assistant", "content": ...}]``.
+
+    >>> completion_text([{"role": "assistant", "content": [{"type": "text", "text": "[]"}]}])
+    '[]'
+    >>> completion_text(None)
+    ''
+    """
+    if isinstance(completion, str):
+        return completion
+    if type(completion) is list and completion and type(completion[-1]) is dict and len(completion) == 1:
+        return _content_text(completion[0].get("content"))  # TRL's usual [{"role": "assistant", ...}]
+    if isinstance(completion, Mapping):
+        return _content_text(completion.get("content"))
+    if isinstance(completion, (list, tuple)):
+        messages = [m for m in completion if isinstance(m, Mapping)]
+        assistant = [m for m in messages if m.get("role", "assistant") == "assistant"] or messages
+        return "".join(_content_text(m.get("content")) for m in assistant)
+    return ""
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        return "".join(p.get("text", "") if isinstance(p, Mapping) and isinstance(p.get("text", ""), str)
+                       else (p if isinstance(p, str) else "") for p in content)
+    return ""
+
+
+def answer_text(text: str) -> str:
+    """The answer part of a completion: after the last ``</think>``; empty inside an unclosed thought.
+
+    >>> answer_text("<think>a [0,0,1,1]?</think> [[0.1,0.1,0.2,0.2]]")
+    ' [[0.1,0.1,0.2,0.2]]'
+    >>> answer_text("<think>still thinking [0,0,1,1]")
+    ''
+    """
+    close = text.rfind(THINK_CLOSE)
+    if close >= 0:
+        return text[close + len(THINK_CLOSE):]
+    return "" if THINK_OPEN in text else text
+
+
+def _strip_fence(answer: str) -> str:
+    stripped = answer.strip()
+    if stripped.startswith("```"):
+        m = _FENCE.match(stripped)
+        if m:
+            return m.group(1).strip()
+    return stripped
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _json_box(item: Any) -> list[float] | None:
+    if isinstance(item, Mapping):
+        keys = [k for k in JSON_BOX_KEYS if k in item]
+        if len(keys) != 1:
+            return None
+        item = item[keys[0]]
+    if isinstance(item, list) and len(item) == 4 and all(_number(v) for v in item):
+        return [float(v) for v in item]
+    return None
+
+
+def frame_extent(box_format: str, width: float, height: float) -> tuple[float, float]:
+    """The largest x and y a box may have in ``box_format`` for a ``width x height`` image."""
+    if box_format == "norm":
+        return 1.0, 1.0
+    if box_format == "qwen1000":
+        return QWEN_GRID, QWEN_GRID
+    if box_format == "pixel":
+        return float(width), float(height)
+    raise ValueError(f"box_format must be one of {BOX_FORMATS}; got {box_format!r}")
+
+
+def format_reward(answer: str, cfg: RewardConfig, width: float, height: float) -> float:
+    """1.0 if ``answer`` is a well-formed list of at most ``max_boxes`` in-frame boxes, else 0.0.
+
+    >>> cfg = RewardConfig()
+    >>> [format_reward(a, cfg, 640, 480) for a in ("[]", "[[0.1,0.2,0.3,0.4]]", "[0.1,0.2,0.3,0.4]",
+    ...                                             "boxes: [[0.1,0.2,0.3,0.4]]", "[[0.1,0.2,0.3,1.4]]")]
+    [1.0, 1.0, 0.0, 0.0, 0.0]
+    >>> q = RewardConfig(box_format="qwen1000")
+    >>> format_reward('```json\\n[{"bbox_2d": [10, 20, 300, 400], "label": "cube"}]\\n```', q, 640, 480)
+    1.0
+    """
+    text = _strip_fence(answer)
+    if not (text.startswith("[") and text.endswith("]")):
+        return 0.0
+    if _BARE_LIST.fullmatch(text):
+        boxes = [[float(g) for g in m.groups()] for m in BOX_PATTERN.finditer(text)]
+    else:
+        try:
+            items = json.loads(text)
+            if not isinstance(items, list):
+                return 0.0
+            boxes = [_json_box(item) for item in items]
+        except (ValueError, RecursionError, OverflowError):
+            return 0.0
+        # the JSON's boxes must be all the [a,b,c,d] of the text (a label "[1,2,3,4]" would parse as a box)
+        if any(box is None for box in boxes) or len(BOX_PATTERN.findall(text)) != len(boxes):
+            return 0.0
+    if len(boxes) > cfg.max_boxes:
+        return 0.0
+    xmax, ymax = frame_extent(cfg.box_format, width, height)
+    for x1, y1, x2, y2 in boxes:  # NaN and inf fail these comparisons
+        if not (0.0 <= x1 <= xmax and 0.0 <= x2 <= xmax and 0.0 <= y1 <= ymax and 0.0 <= y2 <= ymax):
+            return 0.0
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------------- frames
+
+
+def image_size_of(value: Any, where: str = "image_size") -> tuple[int, int]:
+    """``(width, height)`` from ``[W, H]``, ``(W, H)`` or ``{"width": W, "height": H}``; raises naming ``where``."""
+    if isinstance(value, Mapping):
+        value = (value.get("width"), value.get("height"))
+    try:
+        width, height = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected the image size as [width, height] or "
+                         f"{{'width': W, 'height': H}}; got {value!r}") from None
+    if not (width > 0 and height > 0 and math.isfinite(width) and math.isfinite(height)):
+        raise ValueError(f"{where}: image size must be positive; got {width}x{height}")
+    return int(width), int(height)
+
+
+def gt_to_unit(gt_pixels: Any, width: int, height: int, box_format: str) -> np.ndarray:
+    """Ground-truth pixel boxes (M, 4) -> the unit matching frame of ``box_format`` (M, 4), canonical.
+
+    >>> gt_to_unit([[0, 0, 640, 480]], 640, 480, "norm").tolist()
+    [[0.0, 0.125, 1.0, 0.875]]
+    >>> gt_to_unit([[0, 0, 640, 480]], 640, 480, "qwen1000").tolist()
+    [[0.0, 0.0, 1.0, 1.0]]
+    """
+    gt = np.asarray(gt_pixels, dtype=np.float64).reshape(-1, 4)
+    if box_format == "norm":
+        return canonical(pixel_to_square(gt, width, height))
+    return canonical(gt / np.array([width, height, width, height], dtype=np.float64))
+
+
+def pred_scale(box_format: str, width: float, height: float) -> np.ndarray:
+    """What predicted coordinates are divided by to reach the unit frame: shape (4,)."""
+    xmax, ymax = frame_extent(box_format, width, height)
+    return np.array([xmax, ymax, xmax, ymax], dtype=np.float64)
+
+
+def pred_to_unit(boxes: Any, width: int, height: int, box_format: str) -> np.ndarray:
+    """Parsed predicted boxes (N, 4) in ``box_format`` -> the unit matching frame (N, 4), canonical."""
+    return canonical(np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / pred_scale(box_format, width, height))
+
+
+def unit_to_pixel(boxes: Any, width: int, height: int, box_format: str) -> np.ndarray:
+    """Unit-frame boxes (N, 4) back to the image's pixels (for drawing), clipped to the image."""
+    from tinygg.boxes import square_to_pixel
+
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if box_format == "norm":
+        return square_to_pixel(b, width, height)
+    px = b * np.array([width, height, width, height], dtype=np.float64)
+    return np.clip(px, 0, np.array([width, height, width, height], dtype=np.float64))
+
+
+# ---------------------------------------------------------------------------------------------- scores
+
+
+@dataclass
+class SampleScore:
+    """The reward components of one completion, and which boxes were matched."""
+
+    format: float
+    precision: float
+    recall: float
+    f1: float
+    iou: float
+    total: float
+    n_pred: int  # all parsed boxes (uncapped)
+    n_gt: int
+    n_hit: int
+    pred_idx: np.ndarray = field(repr=False)  # (K,) indices of matched predictions, K = min(N, cap, M)
+    gt_idx: np.ndarray = field(repr=False)  # (K,) indices of their GT boxes
+    pair_iou: np.ndarray = field(repr=False)  # (K,) IoU of each matched pair
+    pred_unit: np.ndarray = field(repr=False)  # (min(N, max_boxes), 4) predictions in the unit frame
+    tau: float = field(default=0.5, repr=False)
+
+    @property
+    def gt_hit(self) -> np.ndarray:
+        """(M,) bool: GT boxes matched with IoU >= tau."""
+        hit = np.zeros(self.n_gt, dtype=bool)
+        hit[self.gt_idx[self.pair_iou >= self.tau - IOU_TOLERANCE]] = True
+        return hit
+
+    @property
+    def gt_iou(self) -> np.ndarray:
+        """(M,) IoU of each GT box with its matched prediction (0 when unmatched)."""
+        out = np.zeros(self.n_gt)
+        out[self.gt_idx] = self.pair_iou
+        return out
+
+    @property
+    def pred_hit(self) -> np.ndarray:
+        """(min(N, max_boxes),) bool: predictions matched with IoU >= tau."""
+        hit = np.zeros(len(self.pred_unit), dtype=bool)
+        hit[self.pred_idx[self.pair_iou >= self.tau - IOU_TOLERANCE]] = True
+        return hit
+
+    def components(self) -> dict[str, float]:
+        return {"format": self.format, "precision": self.precision, "recall": self.recall, "f1": self.f1,
+                "iou": self.iou, "total": self.total}
+
+
+@dataclass
+class BatchScores:
+    """Reward components of a batch, arrays of shape (B,), and the matches as padded arrays."""
+
+    format: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    iou: np.ndarray
+    total: np.ndarray
+    n_pred: np.ndarray  # (B,) all parsed boxes
+    n_gt: np.ndarray  # (B,)
+    n_hit: np.ndarray  # (B,)
+    n_pairs: np.ndarray  # (B,) matched pairs K_i = min(N_i, cap, M_i)
+    pair_pred: np.ndarray  # (B, K) prediction index of each pair, -1 past K_i
+    pair_gt: np.ndarray  # (B, K) GT index of each pair, -1 past K_i
+    pair_iou: np.ndarray  # (B, K) IoU of each pair, 0 past K_i
+    n_used: np.ndarray  # (B,) min(N_i, cap)
+    pred_unit: np.ndarray  # (B, N, 4) matched-against predictions in the unit frame
+    tau: float
+
+    def __len__(self) -> int:
+        return len(self.total)
+
+    def sample(self, i: int) -> SampleScore:
+        k, n = int(self.n_pairs[i]), int(self.n_used[i])
+        return SampleScore(float(self.format[i]), float(self.precision[i]), float(self.recall[i]),
+                           float(self.f1[i]), float(self.iou[i]), float(self.total[i]), int(self.n_pred[i]),
+                           int(self.n_gt[i]), int(self.n_hit[i]), self.pair_pred[i, :k].copy(),
+                           self.pair_gt[i, :k].copy(), self.pair_iou[i, :k].copy(),
+                           self.pred_unit[i, :n].copy(), tau=self.tau)
+
+
+def score_completion(completion: Any, gt_boxes: Any, image_size: Any, cfg: RewardConfig) -> SampleScore:
+    """Score one completion against pixel GT boxes of an image of ``image_size`` = (W, H)."""
+    return score_batch([completion], [gt_boxes], [image_size], cfg).sample(0)
+
+
+def score_batch(completions: Sequence[Any], gt_boxes: Sequence[Any], image_sizes: Sequence[Any],
+                cfg: RewardConfig) -> BatchScores:
+    """Score a batch of completions; ``gt_boxes[i]`` are pixel boxes (M_i, 4) of an image ``image_sizes[i]``.
+
+    Text is read per sample (well-formed box lists through a fast path equivalent to the general parser);
+    frames, the pairwise L1 / IoU / GIoU of every sample, the assignments (exhaustive search over all
+    one-to-one maps, batched per problem shape, when that is small; scipy's Hungarian solver otherwise)
+    and the metrics run on padded arrays for the whole batch.
+
+    >>> s = score_batch(["[[0.1,0.1,0.5,0.5]]", "nothing", "nothing"], [[[64, 64, 320, 320]], [[0, 0, 9, 9]], []],
+    ...                 [(640, 640)] * 3, RewardConfig())
+    >>> s.format.tolist(), s.f1.tolist(), s.total.tolist()  # no box for an empty GT is right, in a bad format
+    ([1.0, 0.0, 0.0], [1.0, 0.0, 1.0], [3.0, 0.0, 2.0])
+    """
+    b = len(completions)
+    if not len(gt_boxes) == b == len(image_sizes):
+        raise ValueError(f"score_batch needs one GT list and one image size per completion; got "
+                         f"{b} completions, {len(gt_boxes)} GT lists, {len(image_sizes)} sizes")
+    sizes = _sizes_array(image_sizes)  # (B, 2) width, height
+    texts = [c if type(c) is str else completion_text(c) for c in completions]
+    answers = [answer_text(t) if "think>" in t else t for t in texts]
+    fmt, pred_rows, pred_of = _read_predictions(answers, sizes, cfg)  # (B,), (T, 4) unit frame, (T,)
+    gt_rows, n_gt = _read_gt(gt_boxes, sizes, cfg)  # (G, 4) unit frame, (B,)
+
+    n_pred = np.bincount(pred_of, minlength=b)  # (B,)
+    start = np.cumsum(n_pred) - n_pred
+    rank = np.arange(len(pred_of)) - start[pred_of]  # position of each box within its sample
+    keep = rank < cfg.max_boxes
+    n_used = np.minimum(n_pred, cfg.max_boxes)
+    preds = np.zeros((b, max(int(n_used.max(initial=0)), 1), 4))  # (B, N, 4)
+    preds[pred_of[keep], rank[keep]] = pred_rows[keep]
+    gt_of = np.repeat(np.arange(b), n_gt)
+    gts = np.zeros((b, max(int(n_gt.max(initial=0)), 1), 4))  # (B, M, 4)
+    gts[gt_of, np.arange(len(gt_of)) - (np.cumsum(n_gt) - n_gt)[gt_of]] = gt_rows
+
+    n_pairs = np.minimum(n_used, n_gt)
+    pair_pred, pair_gt, pair_iou = _match(preds, gts, n_used, n_gt, cfg)  # (B, K) each, -1 / 0 past n_pairs
+    valid = pair_pred >= 0
+    n_hit = (valid & (pair_iou >= cfg.tau - IOU_TOLERANCE)).sum(1)
+    iou_sum = pair_iou.sum(1)
+
+    precision = np.where(n_pred > 0, n_hit / np.maximum(n_pred, 1), (n_gt == 0).astype(float))
+    recall = np.where(n_gt > 0, n_hit / np.maximum(n_gt, 1), (n_pred == 0).astype(float))
+    pr = precision + recall
+    f1 = np.where(pr > 0, 2 * precision * recall / np.where(pr > 0, pr, 1.0), 0.0)
+    denom = {"matched": n_pairs, "gt": n_gt, "max": np.maximum(n_pred, n_gt)}[cfg.iou_mode]
+    both_empty = (n_pred == 0) & (n_gt == 0)
+    mean_iou = np.where(denom > 0, iou_sum / np.maximum(denom, 1), both_empty.astype(float))
+    if cfg.accuracy_requires_format:
+        f1, mean_iou = f1 * fmt, mean_iou * fmt
+    total = cfg.w_format * fmt + cfg.w_f1 * f1 + cfg.w_iou * mean_iou
+    return BatchScores(fmt, precision, recall, f1, mean_iou, total, n_pred, n_gt, n_hit, n_pairs, pair_pred,
+                       pair_gt, pair_iou, n_used, preds, cfg.tau)
+
+
+# ---------------------------------------------------------------------------------------------- batch input
+
+
+_ASCII_SPACE = b" \t\n\r\x0b\x0c"
+_SKELETON_DELETE = b"0123456789.+-eE" + _ASCII_SPACE  # what a box list keeps is its brackets and commas
+
+
+def _list_skeleton(n: int) -> bytes:
+    """What a list of ``n`` bare boxes keeps once numbers and ASCII whitespace are deleted: ``[[,,,],[,,,]]``."""
+    return b"[" + b",".join([b"[,,,]"] * n) + b"]"
+
+
+_SKELETON_N = {_list_skeleton(n): n for n in range(257)}  # skeleton -> box count; longer lists: slow path
+
+
+def _sizes_array(image_sizes: Sequence[Any]) -> np.ndarray:
+    """(B, 2) float array of (width, height); every entry validated by :func:`image_size_of`."""
+    try:
+        arr = np.fromiter(chain.from_iterable(image_sizes), dtype=np.float64, count=2 * len(image_sizes))
+        shaped = set(map(len, image_sizes)) <= {2} and not set(map(type, image_sizes)) & {str, bytes}
+        arr = arr.reshape(-1, 2) if shaped else None
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.shape != (len(image_sizes), 2) or not (np.isfinite(arr).all() and (arr > 0).all()):
+        arr = np.array([image_size_of(s, where=f"image_size[{i}]") for i, s in enumerate(image_sizes)],
+                       dtype=np.float64).reshape(-1, 2)
+    return np.floor(arr)
+
+
+def _read_predictions(answers: Sequence[str], sizes: np.ndarray,
+                      cfg: RewardConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Format reward (B,), every parsed finite box in the unit frame (T, 4), and each box's sample (T,).
+
+    Equal to :func:`format_reward` and :func:`tinygg.boxes.parse_boxes` on every answer (tests check it),
+    in fewer steps: a fenced-or-bare list of bare boxes whose slots all read as numbers (what a trained
+    model writes) is recognised by its skeleton (``bytes.translate`` over the whole batch at once, then a
+    dict look-up); all numbers of the batch are then
+    converted in one pass, and the format's count and range checks run on arrays. Other answers go
+    through :func:`format_reward` and have their boxes read by the regex of :mod:`tinygg.boxes`.
+    """
+    b = len(answers)
+    stripped = [a.strip() for a in answers]
+    buffer = "\x00".join(stripped).encode("utf-8", "replace")  # NUL-separated: each step is one pass
+    if b"```" in buffer:
+        stripped = [_strip_fence(t) if t[:3] == "```" else t for t in stripped]
+        buffer = "\x00".join(stripped).encode("utf-8", "replace")
+    if buffer.count(b"\x00") == b - 1:
+        lengths = list(map(_SKELETON_N.get, buffer.translate(None, _SKELETON_DELETE).split(b"\x00")))
+        tight = buffer.translate(None, _ASCII_SPACE).split(b"\x00")
+    else:  # an answer holds a NUL byte: cut them one by one
+        encoded = [t.encode("utf-8", "replace") for t in stripped]
+        lengths = [_SKELETON_N.get(t.translate(None, _SKELETON_DELETE)) for t in encoded]
+        tight = [t.translate(None, _ASCII_SPACE) for t in encoded]
+    # the skeleton ignores numbers written between boxes ("[5[1,2,3,4]]"): without spaces, a list of boxes
+    # is "[]" or starts with "[[", ends with "]]" and joins its boxes by n - 1 "],["
+    fast_idx = [i for i, n in enumerate(lengths) if n is not None and (
+        tight[i] == b"[]" if n == 0 else
+        tight[i][:2] == b"[[" and tight[i][-2:] == b"]]" and tight[i].count(b"],[") == n - 1)]
+    fast_set = set(fast_idx)
+    slow_idx = [i for i in range(b) if i not in fast_set]
+    fast_n = [lengths[i] for i in fast_idx]
+    vals, unreadable = _floats([stripped[i] for i, n in zip(fast_idx, fast_n) if n], [n for n in fast_n if n])
+    if unreadable:  # a slot that is not one number ("[[1..2,3,4,5]]"): those answers take the slow path
+        nonempty = [i for i, n in zip(fast_idx, fast_n) if n]
+        drop = {nonempty[j] for j in unreadable}
+        vals = vals[np.repeat([j not in unreadable for j in range(len(nonempty))], [4 * n for n in fast_n if n])]
+        fast_n = [n for i, n in zip(fast_idx, fast_n) if i not in drop]
+        fast_idx = [i for i in fast_idx if i not in drop]
+        slow_idx = sorted(slow_idx + list(drop))
+    fast_rows = vals.reshape(-1, 4)  # (T_fast, 4) prediction frame
+    fast_of = np.repeat(np.asarray(fast_idx, dtype=np.int64), np.asarray(fast_n, dtype=np.int64))
+
+    scale = np.ones((b, 4))  # (B, 4): what each sample's coordinates are divided by
+    if cfg.box_format == "qwen1000":
+        scale[:] = QWEN_GRID
+    elif cfg.box_format == "pixel":
+        scale = sizes[:, [0, 1, 0, 1]]
+    fmt = np.zeros(b)
+    if fast_idx:
+        finite = np.isfinite(fast_rows).all(1)
+        inside = finite & (fast_rows >= 0).all(1) & (fast_rows <= scale[fast_of]).all(1)
+        bad = np.bincount(fast_of[~inside], minlength=b)[fast_idx]
+        fmt[fast_idx] = ((bad == 0) & (np.asarray(fast_n) <= cfg.max_boxes)).astype(float)
+        fast_rows, fast_of = fast_rows[finite], fast_of[finite]  # parse_boxes drops non-finite boxes
+
+    slow_numbers: list[str] = []
+    slow_n = []
+    for i in slow_idx:
+        a = answers[i]
+        if "[" in a:
+            found = BOX_PATTERN.findall(a)
+            slow_numbers.extend(chain.from_iterable(found))
+            slow_n.append(len(found))
+            fmt[i] = format_reward(a, cfg, *sizes[i])
+        else:
+            slow_n.append(0)
+    slow_rows = np.fromiter(map(float, slow_numbers), dtype=np.float64, count=len(slow_numbers)).reshape(-1, 4)
+    slow_of = np.repeat(np.asarray(slow_idx, dtype=np.int64), np.asarray(slow_n, dtype=np.int64))
+    finite = np.isfinite(slow_rows).all(1)
+    slow_rows, slow_of = slow_rows[finite], slow_of[finite]
+
+    rows = np.concatenate([fast_rows, slow_rows])
+    of = np.concatenate([fast_of, slow_of])
+    order = np.argsort(of, kind="stable")  # sample by sample, boxes in text order
+    rows, of = rows[order], of[order]
+    return fmt, canonical(rows / scale[of]).reshape(-1, 4), of
+
+
+def _floats(lists: list[str], counts: list[int]) -> tuple[np.ndarray, set[int]]:
+    """All numbers of well-bracketed box lists (``counts[j]`` boxes in ``lists[j]``), each read by ``float``:
+    (4 * sum(counts),) values, and the indices of the lists with a slot that is not one number (their
+    values are NaN). One pass over the joined text; a bad slot costs a restart at the next list.
+    """
+    ends = np.cumsum(np.asarray(counts, dtype=np.int64) * 4)  # (L,) end of each list's numbers
+    total = int(ends[-1]) if len(ends) else 0
+    tokens = ",".join(lists).replace("[", "").replace("]", "").split(",") if total else []
+    if len(tokens) != total:  # pragma: no cover - the skeleton check guarantees 4 slots per box
+        raise AssertionError(f"expected {total} numbers in the box lists, found {len(tokens)}")
+    out: list[float] = []
+    bad: set[int] = set()
+    while len(out) < total:
+        try:
+            out.extend(map(float, islice(tokens, len(out), None)))
+        except ValueError:  # ``out`` holds everything read before the bad slot
+            j = int(np.searchsorted(ends, len(out), side="right"))
+            bad.add(j)
+            out.extend([math.nan] * (int(ends[j]) - len(out)))
+    return np.asarray(out, dtype=np.float64), bad
+
+
+def _read_gt(gt_boxes: Sequence[Any], sizes: np.ndarray, cfg: RewardConfig) -> tuple[np.ndarray, np.ndarray]:
+    """GT pixel boxes of every sample -> (G, 4) rows in the unit frame (canonical) and counts (B,)."""
+    lists = [() if g is None else g for g in gt_boxes]
+    n_gt = np.array([len(g) for g in lists], dtype=np.int64)
+    try:
+        boxes = list(chain.from_iterable(lists))
+        good = set(map(len, boxes)) <= {4} and not set(map(type, boxes)) & {str, bytes}
+        rows = np.fromiter(chain.from_iterable(boxes), dtype=np.float64, count=4 * len(boxes)).reshape(-1, 4)
+        good = good and bool(np.isfinite(rows).all())
+    except (TypeError, ValueError):
+        good = False
+    if not good:
+        for i, g in enumerate(lists):
+            try:
+                arr = np.asarray(g, dtype=np.float64)
+            except (TypeError, ValueError):
+                arr = None
+            if (arr is None or (arr.size and (arr.ndim != 2 or arr.shape[1] != 4)) or not np.isfinite(arr).all()
+                    or any(isinstance(box, (str, bytes)) for box in g)):
+                raise ValueError(f"boxes[{i}]: expected a list of [x1,y1,x2,y2] pixel boxes (finite numbers); "
+                                 f"got {g!r}")
+        raise ValueError("GT boxes: expected one list of [x1,y1,x2,y2] pixel boxes per sample")  # pragma: no cover
+    of = np.repeat(np.arange(len(lists)), n_gt)
+    if cfg.box_format == "norm":
+        out = np.empty_like(rows)
+        code = sizes[of, 0] * 1e6 + sizes[of, 1]  # one conversion per distinct image size
+        for c in np.unique(code):
+            sel = code == c
+            w, h = sizes[of[np.argmax(sel)]]
+            out[sel] = pixel_to_square(rows[sel], int(w), int(h))
+        rows = out
+    else:
+        rows = rows / sizes[of][:, [0, 1, 0, 1]]
+    return canonical(rows).reshape(-1, 4), n_gt
+
+
+# ---------------------------------------------------------------------------------------------- matching
+
+
+MAX_EXHAUSTIVE = 5040  # largest number of one-to-one maps searched exhaustively (P(10, 4)); scipy beyond
+
+
+@lru_cache(maxsize=256)
+def _injections(r: int, c: int) -> np.ndarray | None:
+    """Every one-to-one map of ``r`` rows into ``c >= r`` columns, shape (P, r), or None if P is too big."""
+    if math.perm(c, r) > MAX_EXHAUSTIVE:
+        return None
+    return np.array(list(permutations(range(c), r)), dtype=np.int64).reshape(-1, r)
+
+
+def _match(preds: np.ndarray, gts: np.ndarray, n_used: np.ndarray, n_gt: np.ndarray,
+           cfg: RewardConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Minimum-cost one-to-one matching of every sample: preds (B, N, 4), gts (B, M, 4) in the unit frame
+    -> prediction index, GT index and IoU of each pair, (B, K) each (-1, -1, 0 past a sample's pairs).
+
+    Samples are grouped by problem shape (n, m), so each group's L1 / GIoU / IoU tensors are computed at
+    once without padding; a group's problems are solved together by evaluating every one-to-one map (a
+    handful when boxes are few), or one by one with scipy's Hungarian solver when there are more than
+    ``MAX_EXHAUSTIVE`` maps. Both find the optimum.
+    """
+    b = len(preds)
+    k = np.minimum(n_used, n_gt)
+    width = max(int(k.max(initial=0)), 1)
+    pair_pred = np.full((b, width), -1, dtype=np.int64)
+    pair_gt = np.full((b, width), -1, dtype=np.int64)
+    pair_iou = np.zeros((b, width))
+    active = np.flatnonzero(k > 0)
+    if not len(active):
+        return pair_pred, pair_gt, pair_iou
+    shapes = n_used[active] * (gts.shape[1] + 1) + n_gt[active]
+    for key in np.unique(shapes):
+        idx = active[shapes == key]
+        n, m = int(n_used[idx[0]]), int(n_gt[idx[0]])
+        p, g = preds[idx, :n], gts[idx, :m]  # (G, n, 4), (G, m, 4)
+        iou = box_iou(p, g)  # (G, n, m)
+        cost = (cfg.lambda_l1 * np.abs(p[:, :, None, :] - g[:, None, :, :]).sum(-1)
+                - cfg.lambda_giou * generalized_box_iou(p, g))  # (G, n, m)
+        flip = n > m
+        if flip:
+            cost = cost.transpose(0, 2, 1)  # rows are now the smaller side
+        r, c = cost.shape[1], cost.shape[2]
+        maps = _injections(r, c)
+        if maps is None:
+            cols = np.stack([linear_sum_assignment(cost[j])[1] for j in range(len(idx))])
+        else:
+            cols = np.empty((len(idx), r), dtype=np.int64)
+            step = max(1, 2_000_000 // (len(maps) * r))
+            for s in range(0, len(idx), step):
+                totals = cost[s:s + step][:, np.arange(r), maps].sum(-1)  # (g, P)
+                cols[s:s + step] = maps[np.argmin(totals, axis=1)]
+        rows = np.broadcast_to(np.arange(r), cols.shape)
+        pred, gt = (cols, rows) if flip else (rows, cols)
+        if flip:  # report pairs in prediction order
+            order = np.argsort(pred, axis=1)
+            pred, gt = np.take_along_axis(pred, order, 1), np.take_along_axis(gt, order, 1)
+        pair_pred[idx, :r], pair_gt[idx, :r] = pred, gt
+        pair_iou[idx, :r] = np.take_along_axis(iou.reshape(len(idx), -1), pred * m + gt, 1)
+    return pair_pred, pair_gt, pair_iou
+
+
+# ---------------------------------------------------------------------------------------------- TRL
+
+
+COMPONENTS = ("format", "f1", "iou")
+
+
+class DigReward:
+    """TRL reward functions for DiG, one per component, sharing one scoring pass per batch.
+
+    TRL's GRPOTrainer calls every reward function as ``f(prompts=..., completions=..., completion_ids=...,
+    **columns)`` where ``columns`` are the dataset's other columns, one value per completion, and logs each
+    function's mean and std as ``rewards/<name>/mean``; ``GRPOConfig.reward_weights`` weights them. So
+    ``funcs, weights = make_reward_funcs(cfg)`` trains on ``total`` while format, F1 and IoU are logged
+    separately. Precision, recall and box counts go to TRL's ``log_metric`` hook (``dig/...``) when present.
+    """
+
+    def __init__(self, cfg: RewardConfig, boxes_key: str = "boxes", size_key: str = "image_size") -> None:
+        self.cfg, self.boxes_key, self.size_key = cfg, boxes_key, size_key
+        self._last_key: tuple | None = None
+        self._last: BatchScores | None = None
+
+    def sizes_from(self, columns: Mapping[str, Any], n: int) -> list[Any]:
+        if self.size_key in columns:
+            return list(columns[self.size_key])
+        if "width" in columns and "height" in columns:
+            return [(w, h) for w, h in zip(columns["width"], columns["height"])]
+        raise ValueError(f"DiG reward needs each example's image size: a dataset column {self.size_key!r} "
+                         f"([width, height]) or columns 'width' and 'height'; got columns {sorted(columns)}")
+
+    def scores(self, completions: Sequence[Any], columns: Mapping[str, Any]) -> BatchScores:
+        if self.boxes_key not in columns:
+            raise ValueError(f"DiG reward needs the GT pixel boxes in a dataset column {self.boxes_key!r}; "
+                             f"got columns {sorted(columns)}")
+        texts = tuple(completion_text(c) for c in completions)
+        boxes = columns[self.boxes_key]
+        sizes = self.sizes_from(columns, len(texts))
+        key = (texts, repr(boxes), repr(sizes))
+        if key != self._last_key:  # the trainer calls each component on the same batch in turn
+            self._last = score_batch(texts, boxes, sizes, self.cfg)
+            self._last_key = key
+            log_metric = columns.get("log_metric")
+            if callable(log_metric) and len(texts):
+                for name in ("precision", "recall"):
+                    log_metric(f"dig/{name}", float(getattr(self._last, name).mean()))
+                log_metric("dig/n_pred", float(self._last.n_pred.mean()))
+                log_metric("dig/n_gt", float(self._last.n_gt.mean()))
+        assert self._last is not None
+        return self._last
+
+
+class _Component:
+    """One reward component as a TRL reward function (picklable; TRL names it by ``__name__``)."""
+
+    def __init__(self, reward: DigReward, component: str) -> None:
+        self.reward, self.component = reward, component
+        self.__name__ = f"dig_{component}"
+
+    def __call__(self, prompts: Sequence[Any] | None = None, completions: Sequence[Any] = (),
+                 **columns: Any) -> list[float]:
+        return getattr(self.reward.scores(completions, columns), self.component).tolist()
+
+
+def make_reward_funcs(cfg: RewardConfig, boxes_key: str = "boxes",
+                      size_key: str = "image_size") -> tuple[list[Callable[..., list[float]]], list[float]]:
+    """``(reward_funcs, reward_weights)`` for ``GRPOTrainer(reward_funcs=...)`` and ``GRPOConfig(reward_weights=...)``.
+
+    >>> funcs, weights = make_reward_funcs(RewardConfig.ablation("format+iou"))
+    >>> [f.__name__ for f in funcs], weights
+    (['dig_format', 'dig_f1', 'dig_iou'], [1.0, 0.0, 1.0])
+    >>> funcs[1](prompts=["p"], completions=[[{"role": "assistant", "content": "[[0,0,0.5,0.5]]"}]],
+    ...          boxes=[[[0, 0, 50, 50]]], image_size=[[100, 100]])
+    [1.0]
+    """
+    reward = DigReward(cfg, boxes_key=boxes_key, size_key=size_key)
+    return [_Component(reward, c) for c in COMPONENTS], cfg.weights
+
+
+def make_total_reward(cfg: RewardConfig, boxes_key: str = "boxes",
+                      size_key: str = "image_size") -> Callable[..., list[float]]:
+    """A single TRL reward function returning the weighted total (when per-component logs are not wanted)."""
+    return _Component(DigReward(cfg, boxes_key=boxes_key, size_key=size_key), "total")
