@@ -1,0 +1,144 @@
+"""The synthetic grounding corpus: unique referring expressions, boxes in the image, the sample schema,
+the REC test file, easy single-object data and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dig import properties as P
+from dig.camera import ground_directions
+from dig.cli import register_synth
+from dig.masks import mask_box
+from dig.render_flat import render_mask
+from dig.scene import Scene, SceneObject
+from dig.synth import SynthConfig, generate_synth
+from tinygg.boxes import parse_boxes, square_to_pixel
+
+W, H = 128, 96
+_REL = {" left of the ": "left", " right of the ": "right", " in front of the ": "front", " behind the ": "behind"}
+
+
+def _words_match(obj: SceneObject, phrase: str) -> bool:
+    """Independent reading of a noun phrase such as 'small red metal cube' or 'blue object'."""
+    for word in phrase.split():
+        if word == "object":
+            continue
+        attr = next(a for a, vocab in (("size", P.SIZES), ("color", P.COLORS), ("material", P.MATERIALS),
+                                        ("shape", P.SHAPES)) if word in vocab)
+        if getattr(obj, attr) != word:
+            return False
+    return True
+
+
+def _referents(text: str, scene: Scene) -> list[int]:
+    assert text.startswith("the ")
+    body = text[4:]
+    for phrase, rel in _REL.items():
+        if phrase in body:
+            head, anchor_text = body.split(phrase)
+            anchors = [o for o in scene.objects if _words_match(o, anchor_text)]
+            assert len(anchors) == 1, f"anchor of {text!r} is not unique"
+            vec = ground_directions()[rel]
+            return [i for i, o in enumerate(scene.objects) if _words_match(o, head) and o is not anchors[0]
+                    and (o.x - anchors[0].x) * vec[0] + (o.y - anchors[0].y) * vec[1] > 0]
+    return [i for i, o in enumerate(scene.objects) if _words_match(o, body)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    counts = generate_synth(SynthConfig(out=out, n=30, size=(W, H), per_image=3), progress=False)
+    assert counts["train.json"] > 0 and counts["val.json"] > 0 and counts["test_rec.jsonl"] > 0
+    return out
+
+
+def _scenes(out: Path) -> dict[str, dict]:
+    return {r["image"]: r for r in map(json.loads, (out / "scenes.jsonl").read_text().splitlines())}
+
+
+def test_expressions_are_unique_and_boxes_are_their_objects(corpus: Path) -> None:
+    scenes = _scenes(corpus)
+    relational = 0
+    masks: dict[str, np.ndarray] = {}
+    for split in ("train", "val", "test"):
+        for s in json.loads((corpus / f"{split}.json").read_text()):
+            assert scenes[s["image"]]["split"] == split
+            human, gpt = s["conversations"][0]["value"], s["conversations"][1]["value"]
+            assert human.startswith("<image>\n") and human.count("<image>") == 1
+            assert human.count("<object>") == len(s.get("objects", []))
+            scene = Scene.from_dict(scenes[s["image"]]["scene"])
+            if s["image"] not in masks:
+                masks[s["image"]] = render_mask(scene, W, H)
+            mask = masks[s["image"]]
+            for box in s.get("objects", []):
+                assert 0 <= box[0] < box[2] <= W and 0 <= box[1] < box[3] <= H
+            m = re.match(r"<image>\nOutput the coordinate of (.*)\.$", human)
+            if m:
+                (target,) = _referents(m.group(1), scene)  # exactly one object
+                relational += any(p in m.group(1) for p in _REL)
+                got = square_to_pixel(parse_boxes(gpt)[0], W, H)
+                assert np.abs(got - mask_box(mask, target + 1)).max() <= 0.001 * W + 1e-9
+            m = re.match(r"<image>\nWhich option is (.*)\? ((?:\([A-D]\) <object> ?)+) Answer", human)
+            if m:
+                (target,) = _referents(m.group(1), scene)
+                letter = "ABCD".index(gpt.strip("()"))
+                assert s["objects"][letter] == mask_box(mask, target + 1)
+            if "What object is in the region" in human:
+                box = square_to_pixel(parse_boxes(human)[0], W, H)
+                hits = [i for i in range(len(scene)) if mask_box(mask, i + 1) is not None and
+                        np.abs(box - mask_box(mask, i + 1)).max() <= 0.001 * W + 1e-9]
+                assert gpt == f"a {scene.objects[hits[0]].describe()}"
+    assert relational > 0
+
+
+def test_rec_file_rows_are_unique_expressions_inside_the_image(corpus: Path) -> None:
+    scenes = _scenes(corpus)
+    rows = [json.loads(line) for line in (corpus / "test_rec.jsonl").read_text().splitlines()]
+    assert rows
+    for row in rows:
+        assert set(row) == {"img_path", "expression", "bbox"}
+        assert (corpus / row["img_path"]).exists() and scenes[row["img_path"]]["split"] == "test"
+        scene = Scene.from_dict(scenes[row["img_path"]]["scene"])
+        (target,) = _referents(row["expression"], scene)
+        assert row["bbox"] == mask_box(render_mask(scene, W, H), target + 1)
+        x1, y1, x2, y2 = row["bbox"]
+        assert 0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H
+
+
+def test_splits_do_not_share_images(corpus: Path) -> None:
+    images = {split: {s["image"] for s in json.loads((corpus / f"{split}.json").read_text())}
+              for split in ("train", "val", "test")}
+    assert not images["train"] & images["val"] and not images["train"] & images["test"]
+    assert not images["val"] & images["test"]
+
+
+def test_easy_single_object_data_and_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    parser = argparse.ArgumentParser(prog="tinygg data")
+    register_synth(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["synth", "--out", str(tmp_path), "--n", "8", "--size", "64x48", "--min-objects", "1",
+                              "--max-objects", "1", "--tasks", "object2box,text2box", "--per-image", "1",
+                              "--no-progress"])
+    assert args.func(args) == 0
+    assert "train.json:" in capsys.readouterr().out
+    samples = json.loads((tmp_path / "train.json").read_text())
+    assert samples and {s["id"].split("_")[2] for s in samples} <= {"object2box", "text2box"}
+    for s in samples:
+        answer = parse_boxes(s["conversations"][1]["value"])
+        assert answer.shape == (1, 4)
+        if s.get("objects"):  # object image -> box: the answer is the crop's own box
+            assert np.abs(square_to_pixel(answer[0], 64, 48) - s["objects"][0]).max() <= 0.001 * 64 + 1e-9
+    with pytest.raises(ValueError, match="--tasks"):
+        SynthConfig(out=tmp_path, tasks=("caption",))
+
+
+def test_synth_is_deterministic(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        generate_synth(SynthConfig(out=tmp_path / name, n=6, size=(W, H)), progress=False)
+    for f in ("train.json", "val.json", "test.json", "test_rec.jsonl", "images/synth_000003.png"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
