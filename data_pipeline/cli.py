@@ -20,8 +20,17 @@ from data_pipeline.images import Shard
 from data_pipeline.pipeline import PipelineOptions, parse_stages, run_pipeline
 from data_pipeline.stage import STAGES
 from data_pipeline.usage import Prices
-from data_pipeline.vlm_client import (DEFAULT_BASE_URL, DEFAULT_MODEL, ENV_API_KEY, ENV_BASE_URL, ENV_MODEL,
-                                      ENV_PRICE_INPUT, ENV_PRICE_OUTPUT, VLMConfigurationError, VLMSettings)
+from data_pipeline.vlm_client import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MODEL,
+    ENV_API_KEY,
+    ENV_BASE_URL,
+    ENV_MODEL,
+    ENV_PRICE_INPUT,
+    ENV_PRICE_OUTPUT,
+    VLMConfigurationError,
+    VLMSettings,
+)
 
 logger = logging.getLogger(__name__)
 

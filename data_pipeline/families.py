@@ -69,22 +69,22 @@ def object_families(record: dict[str, Any], expressions: dict[str, str], templat
     """text_to_box, box_to_text, image_to_box and text_to_image samples for every grounded object."""
     W, H = record["width"], record["height"]
     samples: list[dict[str, Any]] = []
-    for o in record["objects"]:
-        def rng(family: str) -> random.Random:
-            return random.Random(f"{seed}:{record['image_id']}:{family}:{o['id']}")
 
+    def ask(family: str, oid: str, **values: str) -> str:
+        rng = random.Random(f"{seed}:{record['image_id']}:{family}:{oid}")
+        return templates.question(family, rng, **values)
+
+    for o in record["objects"]:
         btext = box_text(o["box"], W, H)
-        samples.append(_sample("image_to_box", [(templates.question("image_to_box", rng("image_to_box")), btext)],
-                               [list(o["box"])], [o["id"]]))
+        samples.append(_sample("image_to_box", [(ask("image_to_box", o["id"]), btext)], [list(o["box"])], [o["id"]]))
         expression = expressions.get(o["id"])
         if expression is None:
             continue  # an ambiguous name without an expression cannot be asked about in words
-        samples.append(_sample("text_to_box", [(templates.question("text_to_box", rng("text_to_box"),
-                                                                    expression=expression), btext)],
+        samples.append(_sample("text_to_box", [(ask("text_to_box", o["id"], expression=expression), btext)],
                                [], [o["id"]]))
-        samples.append(_sample("box_to_text", [(templates.question("box_to_text", rng("box_to_text"), box=btext),
+        samples.append(_sample("box_to_text", [(ask("box_to_text", o["id"], box=btext),
                                                 _sentence(expression) + ".")], [], [o["id"]]))
-        r = rng("text_to_image")
+        r = random.Random(f"{seed}:{record['image_id']}:text_to_image:{o['id']}")
         others = [d for d in record["objects"] if d["id"] != o["id"] and d["name"] != o["name"]]
         if not others:
             continue

@@ -116,7 +116,7 @@ class GroundingDetector:
 
         best = np.full((len(phrases), probs.shape[0]), -1.0)  # (P, Q) max token prob per phrase
         for p, (start, end) in enumerate(spans):
-            tokens = [t for t, (s, e) in enumerate(offsets) if e > s and s >= start and e <= end]
+            tokens = [t for t, (s, e) in enumerate(offsets) if e > s >= start and e <= end]
             if not tokens:
                 continue
             peak = probs[:, tokens].max(axis=1)

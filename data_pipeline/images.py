@@ -28,7 +28,7 @@ class Shard:
             raise ValueError(f"--shard i/n needs 0 <= i < n; got {self.index}/{self.count}")
 
     @classmethod
-    def parse(cls, text: str | None) -> "Shard":
+    def parse(cls, text: str | None) -> Shard:
         if not text:
             return cls()
         m = _SHARD.match(text.strip())

@@ -66,23 +66,23 @@ def _first_balanced(text: str) -> str | None:
     return None
 
 
-def _loads_lenient(candidate: str) -> Any:
-    """json.loads, then json with trailing commas removed, then a Python literal (single quotes, True)."""
-    try:
-        return json.loads(candidate)
-    except json.JSONDecodeError:
-        pass
-    no_commas = _TRAILING_COMMA.sub(r"\1", candidate)
-    try:
-        return json.loads(no_commas)
-    except json.JSONDecodeError:
-        pass
-    try:
-        value = ast.literal_eval(no_commas)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        raise MalformedAnswer(f"not JSON: {candidate[:80]!r}") from None
+def _container(value: Any, candidate: str) -> Any:
     if not isinstance(value, (list, dict)):
         raise MalformedAnswer(f"not a JSON array or object: {candidate[:80]!r}")
+    return value
+
+
+def _loads_lenient(candidate: str) -> Any:
+    """json.loads, then json with trailing commas removed, then a Python literal (single quotes, True)."""
+    for text in (candidate, _TRAILING_COMMA.sub(r"\1", candidate)):
+        try:
+            return _container(json.loads(text), candidate)
+        except json.JSONDecodeError:
+            pass
+    try:
+        value = _container(ast.literal_eval(_TRAILING_COMMA.sub(r"\1", candidate)), candidate)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise MalformedAnswer(f"not JSON: {candidate[:80]!r}") from None
     # round-trip so tuples/sets become JSON-compatible containers, or fail
     try:
         return json.loads(json.dumps(value))

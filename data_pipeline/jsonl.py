@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Self
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def read_jsonl(path: str | Path, *, strict: bool = False) -> Iterator[dict[str, 
                 return
             raise ValueError(f"{path}, line {number}: not valid JSON ({exc})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+            raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")  # noqa: TRY004 (bad data, not a bad call)
         if is_last and not complete:
             logger.warning("%s: line %d has no newline (interrupted run); it will be rewritten", path, number)
             return
@@ -81,7 +82,7 @@ class JsonlWriter:
     def close(self) -> None:
         self._fh.close()
 
-    def __enter__(self) -> "JsonlWriter":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

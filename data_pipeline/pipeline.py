@@ -21,7 +21,8 @@ from data_pipeline.filters import FilterSettings
 from data_pipeline.grounding import DEFAULT_GROUNDING_MODEL
 from data_pipeline.images import Shard
 from data_pipeline.stage import STAGES, RunContext, StageReport
-from data_pipeline.stages import export, filter as filter_stage, ground, qa, recognise, relate
+from data_pipeline.stages import export, ground, qa, recognise, relate
+from data_pipeline.stages import filter as filter_stage
 from data_pipeline.templates import Templates
 from data_pipeline.usage import UsageLog
 from data_pipeline.vlm_client import VLMClient, VLMSettings
@@ -49,6 +50,9 @@ class PipelineOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("box_threshold", "text_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1]; got {getattr(self, name)}")
         for name in ("max_objects", "max_relations", "max_questions", "conversation_rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")

@@ -22,10 +22,17 @@ def build_tiny_grounding_dino(out_dir: str | Path, words: list[str] | None = Non
     ``words`` extends the tokenizer's vocabulary (unknown words map to [UNK], which still works).
     """
     import torch
-    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoProcessor, SwinConfig)
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
-        GroundingDinoImageProcessorPil)
+        GroundingDinoImageProcessorPil,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

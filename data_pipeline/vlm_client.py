@@ -26,7 +26,7 @@ import os
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import openai
@@ -70,7 +70,7 @@ class VLMSettings:
     temperature: float = 0.2
     max_tokens: int = 2048
     max_image_side: int = 1024
-    prices: Prices = Prices()
+    prices: Prices = field(default_factory=Prices)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -85,7 +85,7 @@ class VLMSettings:
             raise ValueError(f"--max-image-side must be >= 32 pixels; got {self.max_image_side}")
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> "VLMSettings":
+    def from_env(cls, **overrides: Any) -> VLMSettings:
         """Settings from TINYGG_VLM_* variables, then ``overrides`` (flags; ``None`` values ignored)."""
         values: dict[str, Any] = {}
         if os.environ.get(ENV_BASE_URL):

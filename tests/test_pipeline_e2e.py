@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -23,18 +24,18 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from data_pipeline.cli import main as cli_main  # noqa: E402
-from data_pipeline.families import FAMILIES  # noqa: E402
-from data_pipeline.schema import validate_samples  # noqa: E402
-from data_pipeline.tiny_grounding import build_tiny_grounding_dino  # noqa: E402
+from data_pipeline.cli import main as cli_main
+from data_pipeline.families import FAMILIES
+from data_pipeline.schema import validate_samples
+from data_pipeline.tiny_grounding import build_tiny_grounding_dino
 
 KEY = "sk-test-" + hashlib.sha256(b"tinygg-pipeline-test").hexdigest()[:32]
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def _answer(stage: str, text: str, image: Image.Image) -> str:
     if stage == "recognise":
         return json.dumps({"objects": NAMES_BY_SIZE[image.size]})
     if stage == "relate":
-        rels = [[a, "next to", b] for a, b in zip(ids, ids[1:])][:4] + [[ids[0], "holding", "o999"]]
+        rels = [[a, "next to", b] for a, b in itertools.pairwise(ids)][:4] + [[ids[0], "holding", "o999"]]
         return json.dumps({"relations": rels})
     if stage == "fine_grained":
         return json.dumps({
@@ -120,7 +121,7 @@ class ScriptedVLM:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.path != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
@@ -137,7 +138,7 @@ class ScriptedVLM:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def __enter__(self) -> "ScriptedVLM":
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -373,3 +374,23 @@ def test_killed_run_resumes_without_repeating_a_request(photos: Path, tiny_gdino
     validate_samples(train, photos, "train.json")
     assert {s["id"].split("#")[1] for s in train} == set(FAMILIES)
     assert KEY not in _files_text(out)
+
+
+def test_shards_write_apart_and_export_merges_them(photos: Path, tiny_gdino: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out = tmp_path / "out"
+    with ScriptedVLM() as vlm:
+        for shard in ("0/2", "1/2"):
+            assert cli_main(_argv(photos, out, tiny_gdino, vlm.base_url, "--shard", shard)) == 0
+        capsys.readouterr()
+    assert sorted(vlm.answered.values()) == [1] * 15  # the shards never asked the same thing
+    ids = [sorted(r["image_id"] for r in _records(out / f"recognise.shard{i}of2.jsonl")) for i in range(2)]
+    assert sorted(ids[0] + ids[1]) == ["astronaut.png", "chelsea.png", "coffee.png"]
+    assert not set(ids[0]) & set(ids[1]) and not (out / "recognise.jsonl").exists()
+    per_shard = [json.loads((out / f"train.shard{i}of2.json").read_text()) for i in range(2)]
+    assert cli_main(["pipeline", "--images", str(photos), "--out", str(out), "--stages", "export"]) == 0
+    merged = json.loads((out / "train.json").read_text())
+    assert sorted(s["id"] for s in merged) == sorted(s["id"] for s in per_shard[0] + per_shard[1])
+    assert validate_samples(merged, photos, "train.json") == len(merged)
