@@ -62,7 +62,7 @@ def test_stage_order_shards_and_image_listing(tmp_path: Path) -> None:
     ids = list_images(tmp_path)
     assert ids == ["a.jpg", "b.png", "sub/c.JPEG"]
     parts = [Shard(i, 2).take(ids) for i in range(2)]
-    assert sorted(sum(parts, [])) == ids and not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == ids and not set(parts[0]) & set(parts[1])
     assert Shard.parse("1/2").suffix == ".shard1of2" and Shard.parse(None).suffix == ""
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no image files"):

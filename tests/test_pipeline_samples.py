@@ -144,8 +144,8 @@ def _good(root: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize(("mutate", "message"), [
-    (lambda s: s[0].update(objects=[]), r"sample 0 \(id 'img.jpg#image_to_box#0'\): field 'objects': expected one "
-                                        r"box per <object> token \(1 tokens\), got 0 boxes"),
+    (lambda s: s[0].update(objects=[]), (r"sample 0 \(id 'img.jpg#image_to_box#0'\): field 'objects': expected one "
+                                         r"box per <object> token \(1 tokens\), got 0 boxes")),
     (lambda s: s[0].update(objects=[[100, 50, 700, 460]]), r"objects\[0\]: box .* lies outside the 640x480 image"),
     (lambda s: s[1]["conversations"].reverse(), r"sample 1 \(id 'b'\): conversations\[0\]: expected \{'from': 'human'"),
     (lambda s: s[1].update(image="missing.jpg"), r"file .*missing\.jpg does not exist"),
