@@ -74,8 +74,10 @@ class BlenderScene:
     """The fixed studio (ground, lights, camera, world, shape meshes, materials) inside one bpy session."""
 
     def __init__(self) -> None:
-        import bpy  # noqa: PLC0415 (only inside Blender workers)
-        import bmesh  # noqa: PLC0415
+        import bpy  # first: importing bpy makes bmesh and mathutils importable
+
+        # isort: split
+        import bmesh
 
         self.bpy = bpy
         bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -106,8 +108,8 @@ class BlenderScene:
                             d.use = True
                         self.scene.cycles.device = "GPU"
                         return backend
-            except Exception:  # noqa: BLE001 (no GPU backend in this build: fall back to the CPU)
-                pass
+            except Exception as exc:  # noqa: BLE001 (no GPU backend in this build: fall back to the CPU)
+                print(f"no GPU backend for Cycles ({exc}); rendering on the CPU", file=sys.stderr)
         self.scene.cycles.device = "CPU"
         return "CPU"
 
@@ -127,7 +129,7 @@ class BlenderScene:
 
     def _build_camera_and_lights(self) -> None:
         bpy = self.bpy
-        from mathutils import Matrix  # noqa: PLC0415
+        from mathutils import Matrix
 
         cam_data = bpy.data.cameras.new("Camera")
         cam_data.lens = P.CAMERA_LENS_MM
@@ -248,7 +250,7 @@ class BlenderScene:
         self._common(width, height, threads, "RGBA")
         sc.render.filepath = tmp_path
         self.bpy.ops.render.render(write_still=True)
-        from PIL import Image  # noqa: PLC0415
+        from PIL import Image
 
         rgba = np.asarray(Image.open(tmp_path).convert("RGBA"))
         os.unlink(tmp_path)
@@ -272,7 +274,7 @@ class BlenderScene:
 
 
 def render_job(studio: BlenderScene, job: dict[str, Any]) -> None:
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     for scene_dict, image, mask_path in zip(job["scenes"], job["images"], job["masks"]):
         scene = Scene.from_dict(scene_dict)

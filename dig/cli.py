@@ -75,7 +75,7 @@ def register_dig(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from dig.pairs import CURRICULUM_PAIRS, PairConfig, generate_pairs  # noqa: PLC0415
+    from dig.pairs import CURRICULUM_PAIRS, PairConfig, generate_pairs
 
     n = args.n if args.n is not None else (CURRICULUM_PAIRS if args.difficulty == "curriculum" else 100)
     cfg = PairConfig(out=args.out, n=n, difficulty=args.difficulty, renderer=args.renderer, workers=args.workers,
@@ -88,7 +88,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def register_synth(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from dig.synth import TASKS  # noqa: PLC0415
+    from dig.synth import TASKS
 
     p = subparsers.add_parser(
         "synth", help="synthetic grounding corpus from CLEVR scenes (train/val JSON, REC test JSONL)",
@@ -117,7 +117,7 @@ def register_synth(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from dig.synth import SynthConfig, generate_synth  # noqa: PLC0415
+    from dig.synth import SynthConfig, generate_synth
 
     cfg = SynthConfig(out=args.out, n=args.n, size=args.size, min_objects=args.min_objects,
                       max_objects=args.max_objects, tasks=tuple(t for t in args.tasks.split(",") if t),

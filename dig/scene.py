@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ class SceneObject:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "object") -> "SceneObject":
+    def from_dict(cls, d: dict[str, Any], where: str = "object") -> SceneObject:
         if not isinstance(d, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(d).__name__}")
         missing = [f for f in ("id", "shape", "color", "material", "size", "x", "y", "rotation") if f not in d]
@@ -119,13 +120,13 @@ class Scene:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "scene") -> "Scene":
+    def from_dict(cls, d: dict[str, Any], where: str = "scene") -> Scene:
         if not isinstance(d, dict) or not isinstance(d.get("objects"), list):
             raise ValueError(f"{where}: expected {{\"objects\": [...]}}, got {str(d)[:80]}")
         return cls(tuple(SceneObject.from_dict(o, f"{where}.objects[{i}]") for i, o in enumerate(d["objects"])))
 
     @classmethod
-    def from_json(cls, text: str, where: str = "scene") -> "Scene":
+    def from_json(cls, text: str, where: str = "scene") -> Scene:
         return cls.from_dict(json.loads(text), where)
 
 
@@ -144,7 +145,7 @@ class Change:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Change":
+    def from_dict(cls, d: dict[str, Any]) -> Change:
         return cls(kind=d["kind"], object=int(d["object"]), before=d.get("before"), after=d.get("after"))
 
 

@@ -24,7 +24,7 @@ from dig.render_blender import RenderError, WorkerPool
 from dig.scene import Scene, scene_differences
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = dict(size=(96, 72), max_objects=6)
+SMALL = {"size": (96, 72), "max_objects": 6}
 
 
 def _load(path: Path) -> np.ndarray:

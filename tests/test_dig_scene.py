@@ -9,8 +9,16 @@ import pytest
 
 from dig import properties as P
 from dig.camera import ground_directions, project
-from dig.scene import (EDIT_KINDS, Change, Scene, SceneObject, edit_scene, sample_scene, scene_differences,
-                       scene_placement_ok)
+from dig.scene import (
+    EDIT_KINDS,
+    Change,
+    Scene,
+    SceneObject,
+    edit_scene,
+    sample_scene,
+    scene_differences,
+    scene_placement_ok,
+)
 
 
 def test_sampled_scenes_follow_clevr_rules() -> None:
@@ -81,7 +89,7 @@ def test_impossible_edits_raise() -> None:
 def test_json_round_trip_and_errors() -> None:
     scene = sample_scene(np.random.default_rng(3))
     assert Scene.from_json(scene.to_json()) == scene
-    b, changes = edit_scene(scene, 3, np.random.default_rng(4))
+    _, changes = edit_scene(scene, 3, np.random.default_rng(4))
     assert [Change.from_dict(c.to_dict()) for c in changes] == changes
     bad = scene.to_dict()
     bad["objects"][1]["color"] = "pink"
