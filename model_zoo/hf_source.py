@@ -142,21 +142,28 @@ def snapshot(entry: Entry, *, local_dir: Path | None = None, offline: bool | Non
     return path
 
 
-def materialize_converted(entry: Entry, snapshot_dir: Path, out_dir: Path) -> Path:
-    """Build ``out_dir``: links to the snapshot's non-pickle files plus the ``convert_pickle`` files
-    converted to safetensors. Skipped when ``out_dir`` was already built from the same revision."""
-    record = {
+def _conversion_record(entry: Entry) -> dict:
+    return {
         "repo_id": entry.source.repo_id,
         "revision": entry.source.revision,
         "converted": list(entry.convert_pickle),
     }
-    rec_path = out_dir / SOURCE_RECORD
-    if rec_path.exists():
-        try:
-            if json.loads(rec_path.read_text()) == record and any(out_dir.glob("*.safetensors")):
-                return out_dir
-        except json.JSONDecodeError:
-            pass
+
+
+def conversion_is_current(entry: Entry, out_dir: Path) -> bool:
+    """True if ``out_dir`` was built by :func:`materialize_converted` from the entry's revision."""
+    try:
+        record = json.loads((out_dir / SOURCE_RECORD).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return record == _conversion_record(entry) and any(out_dir.glob("*.safetensors"))
+
+
+def materialize_converted(entry: Entry, snapshot_dir: Path, out_dir: Path) -> Path:
+    """Build ``out_dir``: links to the snapshot's non-pickle files plus the ``convert_pickle`` files
+    converted to safetensors. Skipped when ``out_dir`` was already built from the same revision."""
+    if conversion_is_current(entry, out_dir):
+        return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     same_dir = snapshot_dir.resolve() == out_dir.resolve()
     for p in sorted(snapshot_dir.rglob("*")):
@@ -187,5 +194,5 @@ def materialize_converted(entry: Entry, snapshot_dir: Path, out_dir: Path) -> Pa
         convert_pickle_file(pk, target)
         if same_dir:
             pk.unlink()  # a private copy (local_dir): keep only the safetensors
-    rec_path.write_text(json.dumps(record))
+    (out_dir / SOURCE_RECORD).write_text(json.dumps(_conversion_record(entry)))
     return out_dir

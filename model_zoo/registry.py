@@ -515,27 +515,53 @@ def load_registry(paths: Iterable[str | Path] | None = None) -> Registry:
     return reg
 
 
+def _header_comment(text: str) -> str:
+    """The comment block at the top of a YAML file (kept when the file is rewritten)."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("#") and line.strip():
+            break
+        lines.append(line)
+    return "".join(lines)
+
+
 def write_entry(entry: Entry, path: str | Path | None = None, *, overwrite: bool = False) -> Path:
     """Add (or with ``overwrite`` replace) ``entry`` in the registry file ``path`` (default: the user
-    registry), keeping the other entries; the file is re-validated after writing."""
+    registry), keeping the other entries; the file is re-validated before it replaces the old one.
+
+    A new entry is appended to the end of the file, so comments and layout (of the shipped registry,
+    say) survive; replacing an entry rewrites the file, keeping its header comment.
+    """
     path = Path(path) if path is not None else user_registry_path()
-    data: dict[str, Any] = {"version": 1, "models": []}
-    if path.exists():
-        Registry.from_file(path)  # refuse to rewrite a file that does not validate
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or data
-        data.setdefault("models", [])
-    models = [m for m in data["models"] if m.get("name") != entry.name]
-    if len(models) != len(data["models"]) and not overwrite:
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    names = Registry.from_file(path).names() if path.exists() else []  # refuse to edit an invalid file
+    if entry.name in names and not overwrite:
         raise RegistryError(
             f"registry {path}: an entry named {entry.name!r} exists; pass overwrite=True "
             "(CLI: --overwrite) to replace it"
         )
-    models.append(entry.to_mapping())
-    data["models"] = models
+    item = yaml.safe_dump([entry.to_mapping()], sort_keys=False, allow_unicode=True, width=100)
+    data = yaml.safe_load(text) if text.strip() else None
+    if entry.name not in names and isinstance(data, dict) and list(data)[-1] == "models" and data["models"]:
+        # append as one more item of the trailing `models:` block list
+        first_item = re.search(r"^models:[ \t]*\n(?:[ \t]*(?:#.*)?\n)*([ \t]*)- ", text, flags=re.MULTILINE)
+        indent = first_item.group(1) if first_item else ""
+        new_text = text.rstrip("\n") + "\n\n" + "".join(indent + line for line in item.splitlines(True))
+    else:
+        data = data if isinstance(data, dict) else {"version": 1}
+        models = [m for m in data.get("models") or [] if m.get("name") != entry.name]
+        data["models"] = models + [entry.to_mapping()]
+        header = _header_comment(text) or "# TinyGroundingGPT model registry (written by `tinygg zoo add`).\n"
+        new_text = header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    header = "# TinyGroundingGPT user model registry (written by `tinygg zoo add`).\n"
-    tmp.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    Registry.from_file(tmp)
+    tmp.write_text(new_text, encoding="utf-8")
+    try:
+        written = Registry.from_file(tmp)
+        if entry.name not in written or len(written) != len(set(names) | {entry.name}):
+            raise RegistryError(f"registry {path}: writing {entry.name!r} did not give the expected entries")
+    except RegistryError:
+        tmp.unlink()
+        raise
     os.replace(tmp, path)
     return path

@@ -148,10 +148,13 @@ def download(
         _raise_if_bad(verify_directory(out, entry.files), entry)
         return out
     # hf
-    snap = hf_source.snapshot(entry, local_dir=target, offline=offline)
     if entry.convert_pickle:
-        return hf_source.materialize_converted(entry, snap, target or store_dir(entry))
-    return snap
+        out = target or store_dir(entry)
+        if hf_source.conversion_is_current(entry, out):  # converted before: no snapshot, no network
+            return out
+        snap = hf_source.snapshot(entry, local_dir=target, offline=offline)
+        return hf_source.materialize_converted(entry, snap, out)
+    return hf_source.snapshot(entry, local_dir=target, offline=offline)
 
 
 _fetch = download  # resolve_model's `download` flag shadows the function name

@@ -143,7 +143,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         payload = body[start:]
-        self.send_response(206 if start else 200)
+        status = 206 if start else 200
+        cut = self.server.cut.pop(path, None) if self.command == "GET" else None
+        sent = 0 if self.command == "HEAD" else len(payload) if cut is None else cut
+        self._record(status=status, sent=sent, start=start)  # before replying: the client may be faster
+        self.send_response(status)
         for k, v in extra.items():
             self.send_header(k, v)
         if start:
@@ -152,18 +156,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
         if self.command == "HEAD":
-            self._record(status=200, sent=0)
             return
-        cut = self.server.cut.pop(path, None)
-        if cut is not None:
-            self.wfile.write(payload[:cut])
+        self.wfile.write(payload[:sent])
+        if cut is not None:  # drop the connection mid-body
             self.wfile.flush()
-            self._record(status=206 if start else 200, sent=cut, start=start)
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        self.wfile.write(payload)
-        self._record(status=206 if start else 200, sent=len(payload), start=start)
 
 
 @pytest.fixture
@@ -501,3 +499,15 @@ def test_hf_pickle_weights_are_converted_when_the_entry_says_so(hub, tmp_path):
     ]
     assert torch.equal(load_file(str(out / "model.safetensors"))["vision.w"], torch.arange(6.0).reshape(2, 3))
     assert json.loads((out / "config.json").read_text()) == {"x": 2}
+    n = len(hub.log)
+    assert resolve_model("acme/tiny-llm", registry=reg) == out  # converted once: no new request
+    assert len(hub.log) == n
+    # --dir: converted in place, the pickle removed, and not fetched again on the next call
+    mine = download("acme/tiny-llm", tmp_path / "mine", registry=reg)
+    assert sorted(p.name for p in mine.iterdir() if not p.name.startswith(".")) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    n = len(hub.log)
+    assert download("acme/tiny-llm", tmp_path / "mine", registry=reg) == mine
+    assert len(hub.log) == n

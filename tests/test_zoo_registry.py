@@ -303,11 +303,30 @@ def test_checkpoint_inside_the_package_is_registered_relocatably(tmp_path, monke
     monkeypatch.setattr(registry_mod, "PACKAGE_DIR", fake_pkg)
     ckpt = _checkpoint(fake_pkg / "checkpoints", "tinygg-tiny-demo")
     reg_file = tmp_path / "shipped.yaml"
+    shipped_text = SHIPPED_REGISTRY.read_text()
+    reg_file.write_text(shipped_text)
     add("tinygg-tiny-demo", ckpt, preset="tiny", stage="stage3", registry_path=reg_file, progress=False)
-    raw = yaml.safe_load(reg_file.read_text())["models"][0]
+    text = reg_file.read_text()
+    assert text.startswith(shipped_text.rstrip("\n"))  # appended: comments and layout kept
+    raw = yaml.safe_load(text)["models"][-1]
+    assert raw["name"] == "tinygg-tiny-demo"
     assert raw["source"] == {"kind": "local", "path": "package://checkpoints/tinygg-tiny-demo"}
     reg = load_registry([reg_file])
     assert resolve_model("tinygg-tiny-demo", registry=reg) == ckpt
+    # replacing it rewrites the file but keeps the header comment and the other entries
+    add(
+        "tinygg-tiny-demo",
+        ckpt,
+        preset="tiny",
+        stage="dig",
+        registry_path=reg_file,
+        overwrite=True,
+        progress=False,
+    )
+    text = reg_file.read_text()
+    assert text.startswith("# TinyGroundingGPT model registry (shipped with the package).")
+    assert Registry.from_file(reg_file).get("tinygg-tiny-demo").stage == "dig"
+    assert len(Registry.from_file(reg_file)) == len(Registry.from_file(SHIPPED_REGISTRY)) + 1
 
 
 def _shipped_local_checkpoints() -> list[str]:
