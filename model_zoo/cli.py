@@ -197,7 +197,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="details of one model", description="Show a registry entry.")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="zoo name (`tinygg zoo list` shows them)")
     p.add_argument("--json", action="store_true", help="print the entry as JSON")
     p.set_defaults(func=_cmd_info)
 
@@ -207,7 +207,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Download a model's files (resuming interrupted transfers) and verify "
         "their sha256. Prints the local directory.",
     )
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="zoo name (`tinygg zoo list` shows them)")
     p.add_argument(
         "--dir",
         type=Path,
@@ -222,7 +222,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Check sha256/size of a model's files, or the safetensors headers and "
         "JSON files of any checkpoint directory. Exit status 1 on a problem.",
     )
-    p.add_argument("name", metavar="NAME_OR_DIR")
+    p.add_argument("name", metavar="NAME_OR_DIR", help="zoo name or checkpoint directory")
     p.add_argument("-v", "--verbose", action="store_true", help="list every file, not only problems")
     p.set_defaults(func=_cmd_verify)
 
@@ -232,7 +232,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Hash every file of a checkpoint directory and write a registry entry "
         "into the user registry ($TINYGG_HOME/registry.yaml).",
     )
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="zoo name (`tinygg zoo list` shows them)")
     p.add_argument(
         "--from",
         dest="from_dir",
@@ -241,7 +241,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="DIR",
         help="the checkpoint directory (safetensors + configs)",
     )
-    p.add_argument("--kind", choices=("checkpoint", "component"), default="checkpoint")
+    p.add_argument(
+        "--kind",
+        choices=("checkpoint", "component"),
+        default="checkpoint",
+        help="a trained TinyGroundingGPT checkpoint (default) or a pretrained component",
+    )
     p.add_argument("--preset", help="model preset (tiny, 1.5b, 3b, 7b); required for checkpoints")
     p.add_argument(
         "--stage", choices=STAGES, help="training stage that produced it; required for checkpoints"
@@ -265,7 +270,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Render a model card: REC in the paper's Table 1 layout, POPE (Table 3), "
         "DiG F1/IoU; from --eval JSON files, else from the registry's metrics.",
     )
-    p.add_argument("name", metavar="NAME_OR_DIR")
+    p.add_argument("name", metavar="NAME_OR_DIR", help="zoo name or checkpoint directory")
     p.add_argument("--eval", nargs="+", type=Path, metavar="JSON", help="eval JSON files (REC, POPE, DiG)")
     p.add_argument("--out", type=Path, help="write here instead of printing")
     p.set_defaults(func=_cmd_card)
@@ -276,7 +281,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Upload safetensors, configs, tokenizer files and a model card. Needs "
         "HF_TOKEN or `hf auth login`.",
     )
-    p.add_argument("name", metavar="NAME_OR_DIR")
+    p.add_argument("name", metavar="NAME_OR_DIR", help="zoo name or checkpoint directory")
     p.add_argument("--repo-id", required=True, help="target repository, owner/name")
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--eval", nargs="+", type=Path, metavar="JSON", help="eval JSON files for the card")
@@ -288,7 +293,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Convert *.bin/*.pt/*.pth/*.ckpt weights to model.safetensors with "
         "torch.load(weights_only=True), which refuses anything but tensors.",
     )
-    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("dir", type=Path, metavar="DIR", help="directory holding the pickle weight file(s)")
     p.set_defaults(func=_cmd_convert)
     return zoo
 

@@ -342,3 +342,35 @@ def test_shipped_checkpoints_verify_and_have_a_card(name):
     assert resolve_model(name, download=False, registry=reg).is_dir()
     assert entry.metrics, f"{name}: record its eval results (tinygg zoo add ... --eval metrics.json)"
     assert "No evaluation results" not in card(name, registry=reg)
+
+
+def test_publish_uploads_safetensors_configs_and_the_card(tmp_path, monkeypatch):
+    calls: list[tuple[str, dict]] = []
+
+    class RecordingApi:  # stands in for huggingface_hub.HfApi: records what would be sent
+        def __init__(self, token=None, endpoint=None):
+            calls.append(("init", {"token": token}))
+
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create_repo", {"repo_id": repo_id, **kw}))
+
+        def upload_folder(self, **kw):
+            calls.append(("upload_folder", kw))
+            return argparse.Namespace(commit_url="https://hub.example/me/ckpt/commit/1")
+
+        def upload_file(self, **kw):
+            calls.append(("upload_file", kw))
+            return argparse.Namespace(commit_url="https://hub.example/me/ckpt/commit/2")
+
+    monkeypatch.setattr("huggingface_hub.HfApi", RecordingApi)
+    ckpt = _checkpoint(tmp_path)
+    torch.save({"w": torch.zeros(1)}, ckpt / "training_state.pt")
+    rec = _rec_json(tmp_path / "rec.json", {"refcoco_val": 0.5})
+    url = publish(str(ckpt), "me/ckpt", token="hf_test", eval_json=[rec], registry=Registry())
+    assert url == "https://hub.example/me/ckpt/commit/2"
+    kinds = [c[0] for c in calls]
+    assert kinds == ["init", "create_repo", "upload_folder", "upload_file"]
+    assert calls[0][1]["token"] == "hf_test" and calls[1][1]["exist_ok"] is True
+    assert sorted(calls[2][1]["allow_patterns"]) == ["config.json", "model.safetensors", "tokenizer.json"]
+    readme = calls[3][1]["path_or_fileobj"].decode()
+    assert calls[3][1]["path_in_repo"] == "README.md" and "| ckpt | – | 50.00 |" in readme
