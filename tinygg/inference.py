@@ -69,6 +69,19 @@ def with_image_placeholders(prompt: str, n_images: int) -> str:
     return "<image>\n" * n_images + prompt
 
 
+def encode_queries(model, processor: TinyGGProcessor, queries: Sequence[Query]):
+    """Model inputs of a batch of queries as chat prompts awaiting the answer (left padding), on the model's
+    device and dtype."""
+    device = next(model.parameters()).device
+    texts = [processor.format_chat([{"from": "human", "value": with_image_placeholders(q.prompt, len(q.images))}],
+                                   add_generation_prompt=True) for q in queries]
+    batch = processor(text=texts, images=[q.images for q in queries], objects=[q.objects for q in queries],
+                      padding_side="left").to(device)
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    return batch
+
+
 @torch.no_grad()
 def generate(model, processor: TinyGGProcessor, queries: Sequence[Query], max_new_tokens: int = 64,
              batch_size: int = 8, progress: bool = False, **gen_kwargs) -> list[str]:
@@ -76,16 +89,9 @@ def generate(model, processor: TinyGGProcessor, queries: Sequence[Query], max_ne
     from tqdm.auto import tqdm
 
     answers: list[str] = []
-    device = next(model.parameters()).device
     steps = range(0, len(queries), batch_size)
     for start in tqdm(steps, desc="generate", disable=not progress, unit="batch"):
-        chunk = queries[start:start + batch_size]
-        texts = [processor.format_chat([{"from": "human", "value": with_image_placeholders(q.prompt, len(q.images))}],
-                                       add_generation_prompt=True) for q in chunk]
-        batch = processor(text=texts, images=[q.images for q in chunk], objects=[q.objects for q in chunk],
-                          padding_side="left").to(device)
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+        batch = encode_queries(model, processor, queries[start:start + batch_size])
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, **gen_kwargs)
         new = out[:, batch["input_ids"].shape[1]:]
         answers += processor.batch_decode(new, skip_special_tokens=True)
