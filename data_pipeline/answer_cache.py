@@ -28,20 +28,20 @@ class AnswerCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._answers: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # only the answer text is kept in memory (the file holds model, finish reason and time too)
+        self._answers: dict[tuple[str, str, str], str] = {}
         for row, record in enumerate(read_jsonl(self.path), start=1):
             try:
-                key = (record["image_id"], record["stage"], record["request_hash"])
-                record["answer"]
+                self._answers[(record["image_id"], record["stage"], record["request_hash"])] = record["answer"]
             except KeyError as exc:
                 raise ValueError(f"{self.path}, line {row}: missing field {exc}") from None
-            self._answers[key] = record
         self._writer: JsonlWriter | None = None
 
     def __len__(self) -> int:
         return len(self._answers)
 
-    def get(self, image_id: str, stage: str, req_hash: str) -> dict[str, Any] | None:
+    def get(self, image_id: str, stage: str, req_hash: str) -> str | None:
+        """The answer text, or None when this request was never answered."""
         return self._answers.get((image_id, stage, req_hash))
 
     def put(self, image_id: str, stage: str, req_hash: str, answer: str, **extra: Any) -> None:
@@ -50,7 +50,7 @@ class AnswerCache:
         if self._writer is None:
             self._writer = JsonlWriter(self.path)
         self._writer.write(record)
-        self._answers[(image_id, stage, req_hash)] = record
+        self._answers[(image_id, stage, req_hash)] = answer
 
     def close(self) -> None:
         if self._writer is not None:

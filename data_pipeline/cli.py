@@ -95,6 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     g.add_argument("--box-threshold", type=float, default=0.35, help="box confidence to keep (default 0.35)")
     g.add_argument("--text-threshold", type=float, default=0.25,
                    help="mean token probability over the object's phrase to keep (default 0.25)")
+    g.add_argument("--device", default="cpu", help="torch device for GroundingDINO, e.g. cuda:0 (default cpu)")
     g.add_argument("--max-objects", type=int, default=20, help="objects asked for per image (default 20)")
     g.add_argument("--max-relations", type=int, default=20, help="relation triples per image (default 20)")
     g.add_argument("--max-questions", type=int, default=6, help="relation QAs per image (default 6)")
@@ -134,7 +135,7 @@ def handle_pipeline(args: argparse.Namespace) -> int:
             max_image_side=args.max_image_side, prices=prices)
         options = PipelineOptions(
             grounding_model=args.grounding_model, box_threshold=args.box_threshold,
-            text_threshold=args.text_threshold, max_objects=args.max_objects, max_relations=args.max_relations,
+            text_threshold=args.text_threshold, device=args.device, max_objects=args.max_objects, max_relations=args.max_relations,
             max_questions=args.max_questions, conversation_rounds=args.conversation_rounds,
             prompts_dir=args.prompts, seed=args.seed,
             filters=FilterSettings(min_object_area=args.min_object_area, max_object_area=args.max_object_area,

@@ -41,6 +41,7 @@ class PipelineOptions:
     grounding_model: str = DEFAULT_GROUNDING_MODEL
     box_threshold: float = 0.35
     text_threshold: float = 0.25
+    device: str = "cpu"
     max_objects: int = 20
     max_relations: int = 20
     max_questions: int = 6
@@ -87,7 +88,8 @@ def run_pipeline(image_dir: str | Path, out_dir: str | Path, *, stages: list[str
     ctx = RunContext(image_dir=image_dir, out_dir=out_dir, shard=shard, templates=Templates(options.prompts_dir),
                      vlm=vlm, seed=options.seed,
                      options={"grounding_model": options.grounding_model, "box_threshold": options.box_threshold,
-                              "text_threshold": options.text_threshold, "max_objects": options.max_objects,
+                              "text_threshold": options.text_threshold, "device": options.device,
+                              "max_objects": options.max_objects,
                               "max_relations": options.max_relations, "max_questions": options.max_questions,
                               "conversation_rounds": options.conversation_rounds, "filters": options.filters})
     reports: list[StageReport] = []

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from tqdm import tqdm
 
-from data_pipeline.images import Shard
+from data_pipeline.images import Shard, open_image
 from data_pipeline.jsonl import JsonlWriter, read_jsonl
 from data_pipeline.templates import Templates
-from data_pipeline.vlm_client import VLMClient, VLMUnavailable
+from data_pipeline.vlm_client import VLMClient, VLMUnavailable, image_data_url
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,18 @@ def run_sync_stage(ctx: RunContext, stage: str, records: list[dict[str, Any]],
     return report
 
 
+async def image_and_url(ctx: RunContext, image_id: str) -> tuple[Image.Image, str]:
+    """Open an image and encode it for the VLM in a worker thread (decoding would stall the event loop)."""
+    assert ctx.vlm is not None
+    max_side = ctx.vlm.settings.max_image_side
+
+    def load() -> tuple[Image.Image, str]:
+        image = open_image(ctx.image_dir, image_id)
+        return image, image_data_url(image, max_side)
+
+    return await asyncio.to_thread(load)
+
+
 def run_vlm_stage(ctx: RunContext, stage: str, records: list[dict[str, Any]],
                   process: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> StageReport:
     """Run the coroutine ``process`` on pending records concurrently (the VLM client bounds requests)."""
@@ -105,23 +118,28 @@ def run_vlm_stage(ctx: RunContext, stage: str, records: list[dict[str, Any]],
     vlm = ctx.vlm
 
     async def main() -> None:
+        pending = iter(todo)
         with JsonlWriter(ctx.stage_path(stage)) as out, tqdm(total=len(todo), desc=stage, unit="img") as bar:
-            async def one(record: dict[str, Any]) -> None:
-                try:
-                    result = await process(record)
-                except VLMUnavailable as exc:
-                    logger.warning("%s", exc)
-                    report.pending += 1
-                    return
-                finally:
-                    bar.update(1)
-                out.write(result)
-                report.written += 1
-                if "error" in result:
-                    report.errors[result["error"].split(":")[0]] += 1
+            async def worker() -> None:
+                # a fixed pool of workers keeps at most `workers` images (decoded and base64-encoded) in
+                # memory however many images the stage has; the VLM client bounds the requests in flight
+                for record in pending:
+                    try:
+                        result = await process(record)
+                    except VLMUnavailable as exc:
+                        logger.warning("%s", exc)
+                        report.pending += 1
+                        continue
+                    finally:
+                        bar.update(1)
+                    out.write(result)
+                    report.written += 1
+                    if "error" in result:
+                        report.errors[result["error"].split(":")[0]] += 1
 
+            workers = min(len(todo), 2 * vlm.settings.concurrency)
             try:
-                await asyncio.gather(*(one(r) for r in todo))
+                await asyncio.gather(*(worker() for _ in range(workers)))
             finally:
                 await vlm.aclose()
 

@@ -178,12 +178,12 @@ class VLMClient:
         cached = self.cache.get(image_id, stage, req_hash)
         if cached is not None:
             self.stats["cache_hits"] += 1
-            return cached["answer"]
+            return cached
         async with self._sem():
             cached = self.cache.get(image_id, stage, req_hash)  # a concurrent twin may have answered
             if cached is not None:
                 self.stats["cache_hits"] += 1
-                return cached["answer"]
+                return cached
             return await self._request(image_id, stage, req_hash, payload)
 
     async def _request(self, image_id: str, stage: str, req_hash: str, payload: dict[str, Any]) -> str:

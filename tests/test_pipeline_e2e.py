@@ -213,7 +213,7 @@ def tiny_gdino(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _argv(photos: Path, out: Path, gdino: Path, base_url: str, *extra: str) -> list[str]:
     return ["pipeline", "--images", str(photos), "--out", str(out), "--base-url", base_url, "--model", "test-vlm",
             "--grounding-model", str(gdino), "--box-threshold", "0.05", "--text-threshold", "0.0",
-            "--max-instances", "10", "--min-score", "0.05", "--min-object-area", "0.0005",
+            "--max-instances", "30", "--min-score", "0.05", "--min-object-area", "0.0005",
             "--max-object-area", "0.95", "--max-option-iou", "0.9", "--timeout", "1.0", "--backoff", "0.05",
             "--price-input", "2.5", "--price-output", "10", *extra]
 
@@ -305,6 +305,24 @@ def test_bad_key_stops_the_run_with_a_clear_error(photos: Path, tmp_path: Path, 
     assert rc == 1 and "answered 401" in err and "OPENAI_API_KEY" in err
     assert "sk-wrong-key-123456" not in err
     assert vlm.auth_failures == 1  # not retried, and the run stopped at the first refusal
+
+
+def test_a_corrupt_image_gets_an_error_record_and_the_others_go_on(photos: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "astronaut.png").write_bytes((photos / "astronaut.png").read_bytes())
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with ScriptedVLM() as vlm:
+        assert cli_main(["pipeline", "--images", str(images), "--out", str(tmp_path / "o"), "--base-url",
+                         vlm.base_url, "--stages", "recognise"]) == 0
+        capsys.readouterr()
+    records = {r["image_id"]: r for r in _records(tmp_path / "o" / "recognise.jsonl")}
+    assert records["broken.png"]["error"].startswith("unreadable image:") and "broken.png" in records["broken.png"]["error"]
+    assert records["astronaut.png"]["names"] == NAMES_BY_SIZE[(512, 512)]
+    assert sum(vlm.answered.values()) == 1
 
 
 def test_server_down_leaves_images_pending_and_a_rerun_finishes(photos: Path, tmp_path: Path,

@@ -40,9 +40,9 @@ def test_answer_cache_reloads_answers_and_keys_on_image_stage_and_hash(tmp_path:
     cache.put("img.png", "recognise", h, '{"objects": []}', model="m")
     cache.close()
     again = AnswerCache(tmp_path / "answers.jsonl")
-    assert again.get("img.png", "recognise", h)["answer"] == '{"objects": []}'
+    assert again.get("img.png", "recognise", h) == '{"objects": []}'
     assert again.get("img.png", "relate", h) is None and again.get("other.png", "recognise", h) is None
-    (tmp_path / "broken.jsonl").write_text('{"image_id": "x", "stage": "s"}\n')
+    (tmp_path / "broken.jsonl").write_text('{"image_id": "x", "stage": "s", "answer": "a"}\n')
     with pytest.raises(ValueError, match=r"broken\.jsonl, line 1: missing field 'request_hash'"):
         AnswerCache(tmp_path / "broken.jsonl")
 

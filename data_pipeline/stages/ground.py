@@ -19,9 +19,11 @@ def run(ctx: RunContext, detector: GroundingDetector | None = None) -> StageRepo
     records = ctx.inputs(STAGE)
     todo, _ = split_pending(ctx, STAGE, records)
     if todo and detector is None:  # load the model only when there is work for it
+        # one box more than the filter tolerates is enough to tell that a name is ambiguous
         detector = GroundingDetector(ctx.options["grounding_model"],
                                      box_threshold=ctx.options["box_threshold"],
-                                     text_threshold=ctx.options["text_threshold"])
+                                     text_threshold=ctx.options["text_threshold"], device=ctx.options["device"],
+                                     max_per_name=ctx.options["filters"].max_instances + 1)
 
     def process(record: dict[str, Any]) -> dict[str, Any]:
         assert detector is not None

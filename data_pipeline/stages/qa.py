@@ -14,11 +14,10 @@ import asyncio
 from typing import Any
 
 from data_pipeline import families
-from data_pipeline.images import open_image
 from data_pipeline.json_repair import MalformedAnswer
 from data_pipeline.markup import objects_listing, relations_listing
-from data_pipeline.stage import RunContext, StageReport, run_vlm_stage
-from data_pipeline.vlm_client import VLMClient, image_data_url, user_message
+from data_pipeline.stage import RunContext, StageReport, image_and_url, run_vlm_stage
+from data_pipeline.vlm_client import VLMClient, user_message
 
 STAGE = "qa"
 
@@ -37,8 +36,7 @@ def run(ctx: RunContext) -> StageReport:
         return (await vlm.ask_json(record["image_id"], f"{STAGE}.{kind}", messages)).value
 
     async def process(record: dict[str, Any]) -> dict[str, Any]:
-        image = open_image(ctx.image_dir, record["image_id"])
-        url = image_data_url(image, vlm.settings.max_image_side)
+        _, url = await image_and_url(ctx, record["image_id"])
         answers = await asyncio.gather(
             ask(record, url, "fine_grained", max_questions=opts["max_questions"]),
             ask(record, url, "conversation", rounds=opts["conversation_rounds"]),

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from data_pipeline.images import list_images, open_image
+from data_pipeline.images import list_images
 from data_pipeline.json_repair import MalformedAnswer
-from data_pipeline.stage import RunContext, StageReport, run_vlm_stage
-from data_pipeline.vlm_client import image_data_url, user_message
+from data_pipeline.stage import RunContext, StageReport, image_and_url, run_vlm_stage
+from data_pipeline.vlm_client import user_message
 
 STAGE = "recognise"
 
@@ -35,11 +35,13 @@ def run(ctx: RunContext) -> StageReport:
     vlm = ctx.vlm
 
     async def process(record: dict[str, Any]) -> dict[str, Any]:
-        image = open_image(ctx.image_dir, record["image_id"])
+        try:
+            image, url = await image_and_url(ctx, record["image_id"])
+        except ValueError as exc:  # a corrupt file costs its own record, not the run
+            return {"image_id": record["image_id"], "error": f"unreadable image: {exc}"}
         out = {"image_id": record["image_id"], "width": image.width, "height": image.height}
         messages = [{"role": "system", "content": ctx.templates.text("system.txt")},
-                    user_message(ctx.templates.prompt("recognise.txt", max_objects=max_objects),
-                                 image_data_url(image, vlm.settings.max_image_side))]
+                    user_message(ctx.templates.prompt("recognise.txt", max_objects=max_objects), url)]
         try:
             names = _names((await vlm.ask_json(record["image_id"], STAGE, messages)).value, max_objects)
         except MalformedAnswer as exc:

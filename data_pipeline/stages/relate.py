@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from data_pipeline.images import open_image
 from data_pipeline.json_repair import MalformedAnswer
 from data_pipeline.markup import objects_listing
-from data_pipeline.stage import RunContext, StageReport, run_vlm_stage
-from data_pipeline.vlm_client import image_data_url, user_message
+from data_pipeline.stage import RunContext, StageReport, image_and_url, run_vlm_stage
+from data_pipeline.vlm_client import user_message
 
 STAGE = "relate"
 
@@ -47,11 +46,11 @@ def run(ctx: RunContext) -> StageReport:
     async def process(record: dict[str, Any]) -> dict[str, Any]:
         if len(record["objects"]) < 2:
             return {**record, "relations": [], "relations_dropped": 0}  # nothing to relate: no request
-        image = open_image(ctx.image_dir, record["image_id"])
+        _, url = await image_and_url(ctx, record["image_id"])
         prompt = ctx.templates.prompt("relate.txt", objects=objects_listing(record),
                                       max_relations=ctx.options["max_relations"])
         messages = [{"role": "system", "content": ctx.templates.text("system.txt")},
-                    user_message(prompt, image_data_url(image, vlm.settings.max_image_side))]
+                    user_message(prompt, url)]
         try:
             answer = await vlm.ask_json(record["image_id"], STAGE, messages)
             relations, dropped = parse_relations(answer.value, {o["id"] for o in record["objects"]})
