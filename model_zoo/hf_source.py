@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .convert import convert_pickle_file
 from .integrity import ChecksumMismatchError, verify_directory
-from .registry import Entry, is_pickle_file, tinygg_home
+from .registry import Entry, is_pickle_file
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +49,6 @@ def hf_cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
-
-
-def stamp_file_for(directory: Path) -> Path | None:
-    """Where the verification stamp of a directory in the HF cache is kept (outside the cache, which
-    belongs to huggingface_hub): ``$TINYGG_HOME/stamps/<repo folder>--<commit>.json``. None for any
-    other directory (the stamp then lives inside it)."""
-    try:
-        rel = directory.resolve().relative_to(hf_cache_dir().resolve())
-    except ValueError:
-        return None
-    return tinygg_home() / "stamps" / ("--".join(rel.parts) + ".json")
 
 
 def _remove_cached(path: Path) -> None:
@@ -130,7 +119,7 @@ def snapshot(entry: Entry, *, local_dir: Path | None = None, offline: bool | Non
                 f"`tinygg zoo download {entry.name}`."
             )
         raise FileNotFoundError(f"{entry.name}: {src.repo_id}@{src.revision} has no {', '.join(missing)}")
-    report = verify_directory(path, entry.files, stamp_file=stamp_file_for(path))
+    report = verify_directory(path, entry.files)
     bad = [c for c in report.checks if c.status == "mismatch"]
     if bad:
         for c in bad:

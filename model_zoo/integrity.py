@@ -5,8 +5,10 @@ Only safetensors weights are ever loaded by this project. A pickle-based checkpo
 are only in such files is refused with :class:`PickleCheckpointError`, whose message says how to
 convert it (``tinygg zoo convert DIR``).
 
-Hashing large files is slow, so a verified directory keeps a stamp (``.tinygg-verified.json``: path,
-size, mtime, sha256 per file); a file whose size and mtime match its stamp is not hashed again.
+Hashing large files is slow, so each verified directory gets a stamp (path, size, mtime and sha256 per
+file) in ``$TINYGG_HOME/stamps/``; a file whose size and mtime match its stamp is not hashed again.
+Stamps never go inside a model directory (which may be read-only, in the HF cache, or about to be
+published).
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .registry import FileSpec, is_pickle_file
+from .registry import FileSpec, is_pickle_file, tinygg_home
 
 logger = logging.getLogger(__name__)
 
-STAMP_NAME = ".tinygg-verified.json"
 _CHUNK = 1 << 20
 _PROGRESS_MIN_BYTES = 64 << 20  # draw a bar only for files this large
 
@@ -158,6 +159,13 @@ class VerifyReport:
         return f"{self.directory}: {'OK' if self.ok else 'FAILED'} ({parts or 'no files'})"
 
 
+def stamp_path(directory: Path) -> Path:
+    """The stamp file of ``directory``: ``$TINYGG_HOME/stamps/<dir name>-<hash of its path>.json``."""
+    resolved = str(directory.resolve())
+    digest = hashlib.sha256(resolved.encode()).hexdigest()[:16]
+    return tinygg_home() / "stamps" / f"{directory.resolve().name}-{digest}.json"
+
+
 def _load_stamp(stamp_file: Path) -> dict[str, dict]:
     try:
         return json.loads(stamp_file.read_text())
@@ -186,16 +194,15 @@ def file_digest(directory: Path, rel: str, stamp: dict[str, dict]) -> str:
 
 
 def verify_directory(
-    directory: str | Path, files: Iterable[FileSpec] = (), *, stamp_file: Path | None = None
+    directory: str | Path, files: Iterable[FileSpec] = (), *, full: bool = False
 ) -> VerifyReport:
     """Check ``directory`` against the listed ``files`` (sha256 and size) and check every other file it
     holds for what can be checked without a reference (safetensors headers, JSON syntax, no
-    pickle-only weights). The verification stamp is kept in ``stamp_file`` (default: inside the
-    directory; directories owned by another tool, such as the Hugging Face cache, keep it elsewhere)."""
+    pickle-only weights). ``full=True`` re-hashes every file instead of trusting the stamp."""
     directory = Path(directory)
     report = VerifyReport(directory)
-    stamp_file = stamp_file or directory / STAMP_NAME
-    stamps = _load_stamp(stamp_file)
+    stamp_file = stamp_path(directory)
+    stamps = {} if full else _load_stamp(stamp_file)
     listed = {f.path: f for f in files}
     for rel, spec in listed.items():
         p = directory / rel

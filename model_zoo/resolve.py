@@ -195,11 +195,15 @@ def resolve_model(
     return where
 
 
-def verify(name_or_dir: str | os.PathLike, *, registry: Registry | None = None) -> VerifyReport:
+def verify(
+    name_or_dir: str | os.PathLike, *, registry: Registry | None = None, full: bool = True
+) -> VerifyReport:
     """Check a zoo model's local files (or a directory) against the registry's sha256 and sizes.
 
     A directory that belongs to a registry entry is checked against that entry; any other directory
     gets the reference-free checks (safetensors headers, JSON syntax, no pickle-only weights).
+    Every file is hashed again unless ``full=False`` (then unchanged files, by size and mtime, are
+    trusted from the last verification).
     """
     raw = os.fspath(name_or_dir)
     path = Path(raw).expanduser()
@@ -209,8 +213,8 @@ def verify(name_or_dir: str | os.PathLike, *, registry: Registry | None = None) 
         for entry in reg.entries():
             where = locate(entry)
             if where is not None and where.resolve() == resolved:
-                return verify_directory(path, entry.files, stamp_file=hf_source.stamp_file_for(path))
-        return verify_directory(path, (), stamp_file=hf_source.stamp_file_for(path))
+                return verify_directory(path, entry.files, full=full)
+        return verify_directory(path, (), full=full)
     entry = reg.get(raw)
     where = locate(entry)
     if where is None:
@@ -219,4 +223,4 @@ def verify(name_or_dir: str | os.PathLike, *, registry: Registry | None = None) 
             FileCheck(".", "missing", f"not downloaded: run `tinygg zoo download {entry.name}`")
         )
         return report
-    return verify_directory(where, entry.files, stamp_file=hf_source.stamp_file_for(where))
+    return verify_directory(where, entry.files, full=full)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -437,8 +438,8 @@ def test_hf_source_downloads_pinned_revision_then_serves_offline(hub, tmp_path, 
     assert resolve_model("acme/tiny-llm", download=False, registry=reg) == path
     assert len(hub.log) == n
     assert verify("acme/tiny-llm", registry=reg).ok
-    assert not (path / ".tinygg-verified.json").exists()  # the HF cache belongs to huggingface_hub
-    assert list((tmp_path / "home" / "stamps").glob("models--acme--tiny-llm--snapshots--*.json"))
+    assert not [p for p in path.iterdir() if p.name.startswith(".")]  # the HF cache is huggingface_hub's
+    assert list((tmp_path / "home" / "stamps").glob(f"{COMMIT}-*.json"))  # verification stamps go here
     # --dir: a private copy of the snapshot
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE")
@@ -511,3 +512,18 @@ def test_hf_pickle_weights_are_converted_when_the_entry_says_so(hub, tmp_path):
     n = len(hub.log)
     assert download("acme/tiny-llm", tmp_path / "mine", registry=reg) == mine
     assert len(hub.log) == n
+
+
+def test_verify_rehashes_while_resolve_trusts_an_unchanged_stamp(server, tmp_path):
+    weights = _safetensors_bytes(tmp_path, seed=9)
+    reg = _url_registry(server, {"model.safetensors": weights})
+    out = download("toy-ckpt", registry=reg, progress=False)
+    f = out / "model.safetensors"
+    st = f.stat()
+    data = bytearray(weights)
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))  # same size, and the mtime put back: invisible to the stamp
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert verify("toy-ckpt", registry=reg, full=False).ok
+    report = verify("toy-ckpt", registry=reg)
+    assert not report.ok and report.problems()[0].detail.startswith("sha256 ")

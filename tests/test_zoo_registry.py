@@ -329,9 +329,11 @@ def test_checkpoint_inside_the_package_is_registered_relocatably(tmp_path, monke
     assert len(Registry.from_file(reg_file)) == len(Registry.from_file(SHIPPED_REGISTRY)) + 1
 
 
-def _shipped_local_checkpoints() -> list[str]:
+def _shipped_local_checkpoints() -> list:
     reg = Registry.from_file(SHIPPED_REGISTRY)
-    return [e.name for e in reg.entries() if e.source.kind == "local"]
+    names = [e.name for e in reg.entries() if e.source.kind == "local"]
+    reason = "no checkpoint shipped in model_zoo/registry.yaml yet (`tinygg demo --from-scratch` makes them)"
+    return names or [pytest.param(None, marks=pytest.mark.skip(reason=reason))]
 
 
 @pytest.mark.parametrize("name", _shipped_local_checkpoints())
