@@ -67,6 +67,11 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ValueError(f"{path}: not a readable image (expected PNG/JPEG/...): {e}") from None
 
 
+def placeholder_kinds(text: str) -> list[str]:
+    """``"image"`` / ``"object"`` for each placeholder of ``text``, in order (= the order of pixel rows)."""
+    return ["image" if m == IMAGE_TOKEN else "object" for m in _PLACEHOLDER.findall(text)]
+
+
 def _sample_image(name: str) -> Image.Image:
     try:
         from skimage import data
@@ -158,7 +163,7 @@ class TinyGGProcessor(ProcessorMixin):
         return ids, kinds
 
     def pictures_for(self, kinds: list[str], images: Sequence[Image.Image], objects: Sequence[Sequence[float]],
-                     where: str = "sample") -> list[np.ndarray]:
+                     where: str = "sample", check_only: bool = False) -> list[np.ndarray]:
         """The preprocessed picture of each placeholder, in order; counts are checked against the text."""
         n_img, n_obj = kinds.count("image"), kinds.count("object")
         if n_img != len(images):
@@ -169,6 +174,8 @@ class TinyGGProcessor(ProcessorMixin):
                              "object box(es) were given")
         if n_obj and not images:
             raise ValueError(f"{where}: {OBJECT_TOKEN} needs an image to crop the object from")
+        if check_only:
+            return []
         img_iter, obj_iter = iter(images), iter(enumerate(objects))
         out = []
         for kind in kinds:
@@ -192,8 +199,10 @@ class TinyGGProcessor(ProcessorMixin):
         return text
 
     def encode_conversation(self, turns: Sequence[dict], images: Sequence[Image.Image] = (),
-                            objects: Sequence[Sequence[float]] = (), where: str = "sample") -> dict[str, Any]:
-        """One training sample: ``input_ids``, ``labels`` (assistant turns only) and ``pixel_values``."""
+                            objects: Sequence[Sequence[float]] = (), where: str = "sample",
+                            with_pixels: bool = True) -> dict[str, Any]:
+        """One training sample: ``input_ids``, ``labels`` (assistant turns only), ``pixel_values`` and the
+        placeholder ``kinds`` ("image"/"object") in the order of the pixel rows."""
         ids: list[int] = []
         labels: list[int] = []
         kinds: list[str] = []
@@ -218,10 +227,10 @@ class TinyGGProcessor(ProcessorMixin):
                 labels += [IGNORE_INDEX] * (len(head) + len(body) + len(end) + len(nl))
         if n_assistant == 0:
             raise ValueError(f"{where}: conversations have no assistant ('gpt') turn to learn from")
-        pictures = self.pictures_for(kinds, images, objects, where=where)
+        pictures = self.pictures_for(kinds, images, objects, where=where, check_only=not with_pixels)
         pixel_values = (np.stack(pictures) if pictures
                         else np.zeros((0, 3, self.image_size, self.image_size), dtype=np.float32))
-        return {"input_ids": ids, "labels": labels, "pixel_values": pixel_values}
+        return {"input_ids": ids, "labels": labels, "pixel_values": pixel_values, "kinds": kinds}
 
     # ------------------------------------------------------------------ batch call
     def __call__(self, text: str | list[str] | None = None, images: Any = None, objects: Any = None,
@@ -317,4 +326,4 @@ def _per_sample(values: Any, n: int, name: str, leaf_is_list: bool = False) -> l
     return [[v] if is_leaf(v) else list(v or []) for v in values]
 
 
-__all__ = ["TinyGGProcessor", "load_image", "DEFAULT_SYSTEM", "IGNORE_INDEX", "CHAT_TEMPLATE"]
+__all__ = ["TinyGGProcessor", "load_image", "placeholder_kinds", "DEFAULT_SYSTEM", "IGNORE_INDEX", "CHAT_TEMPLATE"]

@@ -1,0 +1,51 @@
+"""Stage configs: every shipped YAML loads, overrides, errors that name the field."""
+
+from pathlib import Path
+
+import pytest
+
+from tinygg.train.config import load_config
+
+CONFIGS = sorted((Path(__file__).parents[1] / "scripts" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_yaml_loads_and_says_how_to_launch(path):
+    cfg = load_config(path)
+    head = path.read_text().splitlines()[:6]
+    assert any("Launch:" in line and "bash scripts/" in line for line in head), path.name
+    assert cfg.stage and cfg.output_dir and isinstance(cfg.learning_rate, float)
+
+
+def test_paper_table6_hyper_parameters():
+    d = Path(__file__).parents[1] / "scripts" / "configs"
+    p1, p2 = load_config(d / "stage1_pretrain.yaml"), load_config(d / "stage1_finetune.yaml")
+    s2, s3 = load_config(d / "stage2.yaml"), load_config(d / "stage3.yaml")
+    assert (p1.batch_size, p1.learning_rate, p1.freeze.llm, p1.freeze.projector) == (32, 1e-3, "frozen", "full")
+    assert (p2.batch_size, p2.learning_rate, p2.freeze.llm) == (32, 2e-5, "full")
+    assert (s2.batch_size, s2.learning_rate, s2.num_epochs) == (32, 2e-5, 1)
+    assert (s3.batch_size, s3.learning_rate, s3.num_epochs) == (16, 2e-5, 2)
+    for c in (p1, p2, s2, s3):
+        assert c.lr_scheduler == "cosine" and c.warmup_ratio == 0.03 and c.weight_decay == 0
+        assert c.freeze.vision == "frozen"
+
+
+def test_overrides_and_shortcuts(tmp_path):
+    cfg = load_config(CONFIGS[0], ["preset=tiny", "data=a.json,b.json", "image_root=imgs", "max_steps=20",
+                                   "freeze.llm=lora", "lora.r=8", "learning_rate=1e-3"])
+    assert cfg.init == "preset:tiny" and cfg.max_steps == 20 and cfg.learning_rate == 1e-3
+    assert [d.path for d in cfg.data] == ["a.json", "b.json"] and cfg.data[0].image_root == "imgs"
+    assert cfg.freeze.llm == "lora" and cfg.lora.r == 8
+
+
+@pytest.mark.parametrize("override,msg", [
+    ("learnig_rate=1", "unknown field 'learnig_rate' .*did you mean 'learning_rate'"),
+    ("freeze.llm=half", "freeze.llm: expected one of frozen, full, lora"),
+    ("freeze.vision=lora", "freeze.vision: expected one of frozen, full"),
+    ("max_steps", "expected key=value"),
+    ("batch_size=30", "multiple of per_device_batch_size"),
+    ("learning_rate=fast", "expected a number"),
+])
+def test_bad_overrides_name_the_field(override, msg):
+    with pytest.raises(ValueError, match=msg):
+        load_config(None, [override])

@@ -1,0 +1,106 @@
+"""Training runs of the tiny model in one process: loss falls, freezing holds, LoRA merges, resume."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tinygg.train.config import load_config
+from tinygg.train.trainer import run
+
+
+def _cfg(rec_train_json, out, *extra):
+    return load_config(None, [f"data={rec_train_json}", f"image_root={rec_train_json.parent / 'imgs'}",
+                              "preset=tiny", f"output_dir={out}", "batch_size=8", "per_device_batch_size=4",
+                              "logging_steps=1", "save_steps=1000", "learning_rate=1e-3", *extra])
+
+
+def _weights(final):
+    """The exported weights under the model's own parameter names (files keep the hub's original names)."""
+    import tinygg  # noqa: F401
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(final).state_dict()
+
+
+def _losses(out):
+    return [json.loads(x) for x in (out / "log_history.jsonl").read_text().splitlines()]
+
+
+def test_stage_run_loss_falls_and_exports(rec_train_json, tmp_path):
+    import tinygg  # noqa: F401
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out = tmp_path / "run"
+    final = run(_cfg(rec_train_json, out, "max_steps=8"))
+    losses = [h["loss"] for h in _losses(out) if "loss" in h]
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.5
+    assert (out / "loss.png").stat().st_size > 1000 and (final / "train_config.yaml").exists()
+    AutoModelForImageTextToText.from_pretrained(final)
+    AutoProcessor.from_pretrained(final)
+
+
+def test_projector_only_changes_no_other_weight(rec_train_json, tmp_path):
+    out = tmp_path / "p1"
+    final = run(_cfg(rec_train_json, out, "max_steps=3", "freeze.llm=frozen", "freeze.projector=full"))
+    from tinygg.build import build_model
+    before = build_model("tiny", seed=0)[0].state_dict()
+    after = _weights(final)
+    changed = {k for k, v in after.items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("model.multi_modal_projector.") for k in changed), sorted(changed)[:5]
+
+
+def test_lora_is_merged_on_export(rec_train_json, tmp_path):
+    import tinygg  # noqa: F401
+    from transformers import AutoModelForImageTextToText
+
+    out = tmp_path / "lora"
+    final = run(_cfg(rec_train_json, out, "max_steps=3", "freeze.llm=lora", "lora.r=4", "lora.alpha=8"))
+    assert not any("lora" in k for k in load_file(final / "model.safetensors"))
+    after = _weights(final)
+    from tinygg.build import build_model
+    before = build_model("tiny", seed=0)[0].state_dict()
+    q = "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(after[q], before[q])  # the adapter was merged into the base weight
+    assert torch.equal(after["model.vision_tower.clip.embeddings.patch_embedding.weight"],
+                       before["model.vision_tower.clip.embeddings.patch_embedding.weight"])
+    AutoModelForImageTextToText.from_pretrained(final)
+
+
+def test_feature_cache_gives_the_same_loss(rec_train_json, tmp_path):
+    a = run(_cfg(rec_train_json, tmp_path / "a", "max_steps=2", "feature_cache=true"))
+    b = run(_cfg(rec_train_json, tmp_path / "b", "max_steps=2", "feature_cache=false"))
+    la = [h["loss"] for h in _losses(tmp_path / "a") if "loss" in h]
+    lb = [h["loss"] for h in _losses(tmp_path / "b") if "loss" in h]
+    assert la == pytest.approx(lb, rel=2e-3)  # float16 cache vs float32 towers
+    assert any((tmp_path / "a" / "feature_cache").rglob("*.npy")) and a.exists() and b.exists()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_the_same_curve(rec_train_json, tmp_path):
+    """A run killed after its first checkpoint resumes there and continues the uninterrupted run's curve."""
+    args = [f"data={rec_train_json}", f"image_root={rec_train_json.parent / 'imgs'}", "preset=tiny",
+            "batch_size=8", "per_device_batch_size=4", "logging_steps=1", "save_steps=3", "learning_rate=1e-3",
+            "max_steps=6", "feature_cache=false"]
+    ref = tmp_path / "ref"
+    run(load_config(None, args + [f"output_dir={ref}"]))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "tinygg.train", *args, f"output_dir={out}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "checkpoint-3" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert not (out / "final").exists()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    got = {h["step"]: h["loss"] for h in _losses(out) if "loss" in h}
+    want = {h["step"]: h["loss"] for h in _losses(ref) if "loss" in h}
+    assert sorted(got) == list(range(1, 7))
+    for step in range(1, 7):
+        assert got[step] == pytest.approx(want[step], rel=1e-4), step
