@@ -18,36 +18,32 @@ logger = logging.getLogger(__name__)
 
 
 def read_jsonl(path: str | Path, *, strict: bool = False) -> Iterator[dict[str, Any]]:
-    """Yield the records of ``path`` (none when it does not exist).
+    """Yield the records of ``path`` one line at a time (none when the file does not exist).
 
-    A partial last line (no trailing newline: a run killed mid-write) is skipped with a warning. A bad
-    line elsewhere raises ``ValueError`` naming file and line, unless ``strict`` is False and it is last.
+    A partial last line (no trailing newline: a run killed mid-write) is skipped with a warning, unless
+    ``strict``. A bad line elsewhere raises ``ValueError`` naming the file and line.
     """
     path = Path(path)
     if not path.exists():
         return
     with path.open("rb") as fh:
-        data = fh.read()
-    lines = data.split(b"\n")
-    complete = data.endswith(b"\n")
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        is_last = number == len(lines)
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            if is_last and not complete and not strict:
-                logger.warning("%s: ignoring a partial last line (line %d) left by an interrupted run",
-                               path, number)
+        for number, raw in enumerate(fh, start=1):
+            if not raw.endswith(b"\n"):  # only the last line can lack its newline
+                if strict:
+                    raise ValueError(f"{path}, line {number}: incomplete last line (interrupted write)")
+                logger.warning("%s: ignoring the partial last line %d left by an interrupted run; the next "
+                               "append replaces it", path, number)
                 return
-            raise ValueError(f"{path}, line {number}: not valid JSON ({exc})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")  # noqa: TRY004 (bad data, not a bad call)
-        if is_last and not complete:
-            logger.warning("%s: line %d has no newline (interrupted run); it will be rewritten", path, number)
-            return
-        yield record
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object, "  # noqa: TRY004 (bad data)
+                                 f"got {type(record).__name__}")
+            yield record
 
 
 class JsonlWriter:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from data_pipeline.vlm_client import VLMClient, VLMUnavailable, image_data_url
 logger = logging.getLogger(__name__)
 
 STAGES = ("recognise", "ground", "relate", "qa", "filter", "export")
+Records = Callable[[], Iterator[dict[str, Any]]]  # returns a fresh iterator over a stage's records
 PREVIOUS = {"ground": "recognise", "relate": "ground", "qa": "relate", "filter": "qa"}
 
 
@@ -59,34 +60,50 @@ class RunContext:
     def stage_path(self, stage: str) -> Path:
         return self.out_dir / f"{stage}{self.shard.suffix}.jsonl"
 
-    def inputs(self, stage: str) -> list[dict[str, Any]]:
-        """The predecessor's good records (no ``error``) for this shard, in file order."""
+    def inputs(self, stage: str) -> Records:
+        """The predecessor's good records (no ``error``) for this shard, streamed in file order."""
         path = self.stage_path(PREVIOUS[stage])
         if not path.exists():
             raise FileNotFoundError(f"stage {stage!r} reads {path}, which does not exist: run the "
                                     f"{PREVIOUS[stage]!r} stage first (--stages {PREVIOUS[stage]},{stage})")
-        return [r for r in read_jsonl(path) if "error" not in r]
+        return lambda: (r for r in read_jsonl(path) if "error" not in r)
 
     def done_ids(self, stage: str) -> set[str]:
         return {r["image_id"] for r in read_jsonl(self.stage_path(stage))}
 
 
-def split_pending(ctx: RunContext, stage: str, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
-                                                                                          StageReport]:
+@dataclass
+class Pending:
+    """The records a stage still has to process, streamed (records can be large: never all in memory)."""
+
+    records: Records
+    done: set[str]
+    count: int
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (r for r in self.records() if r["image_id"] not in self.done)
+
+
+def split_pending(ctx: RunContext, stage: str, records: Records) -> tuple[Pending, StageReport]:
     done = ctx.done_ids(stage)
-    todo = [r for r in records if r["image_id"] not in done]
-    report = StageReport(stage, done_before=len(records) - len(todo))
+    total = todo = 0
+    for r in records():
+        total += 1
+        todo += r["image_id"] not in done
+    report = StageReport(stage, done_before=total - todo)
     if report.done_before:
-        logger.info("%s: %d/%d images already done by an earlier run", stage, report.done_before, len(records))
-    return todo, report
+        logger.info("%s: %d/%d images already done by an earlier run", stage, report.done_before, total)
+    return Pending(records, done, todo), report
 
 
-def run_sync_stage(ctx: RunContext, stage: str, records: list[dict[str, Any]],
+def run_sync_stage(ctx: RunContext, stage: str, records: Records,
                    process: Callable[[dict[str, Any]], dict[str, Any]]) -> StageReport:
     """Apply ``process`` to each pending record, appending each result as soon as it is ready."""
     todo, report = split_pending(ctx, stage, records)
+    if not todo.count:
+        return report
     with JsonlWriter(ctx.stage_path(stage)) as out:
-        for record in tqdm(todo, desc=stage, unit="img", disable=not todo):
+        for record in tqdm(todo, total=todo.count, desc=stage, unit="img"):
             result = process(record)
             out.write(result)
             report.written += 1
@@ -107,11 +124,11 @@ async def image_and_url(ctx: RunContext, image_id: str) -> tuple[Image.Image, st
     return await asyncio.to_thread(load)
 
 
-def run_vlm_stage(ctx: RunContext, stage: str, records: list[dict[str, Any]],
+def run_vlm_stage(ctx: RunContext, stage: str, records: Records,
                   process: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> StageReport:
     """Run the coroutine ``process`` on pending records concurrently (the VLM client bounds requests)."""
     todo, report = split_pending(ctx, stage, records)
-    if not todo:
+    if not todo.count:
         return report
     if ctx.vlm is None:
         raise RuntimeError(f"stage {stage!r} needs a VLM client")
@@ -119,7 +136,7 @@ def run_vlm_stage(ctx: RunContext, stage: str, records: list[dict[str, Any]],
 
     async def main() -> None:
         pending = iter(todo)
-        with JsonlWriter(ctx.stage_path(stage)) as out, tqdm(total=len(todo), desc=stage, unit="img") as bar:
+        with JsonlWriter(ctx.stage_path(stage)) as out, tqdm(total=todo.count, desc=stage, unit="img") as bar:
             async def worker() -> None:
                 # a fixed pool of workers keeps at most `workers` images (decoded and base64-encoded) in
                 # memory however many images the stage has; the VLM client bounds the requests in flight
@@ -137,7 +154,7 @@ def run_vlm_stage(ctx: RunContext, stage: str, records: list[dict[str, Any]],
                     if "error" in result:
                         report.errors[result["error"].split(":")[0]] += 1
 
-            workers = min(len(todo), 2 * vlm.settings.concurrency)
+            workers = min(todo.count, 2 * vlm.settings.concurrency)
             try:
                 await asyncio.gather(*(worker() for _ in range(workers)))
             finally:

@@ -18,7 +18,7 @@ STAGE = "ground"
 def run(ctx: RunContext, detector: GroundingDetector | None = None) -> StageReport:
     records = ctx.inputs(STAGE)
     todo, _ = split_pending(ctx, STAGE, records)
-    if todo and detector is None:  # load the model only when there is work for it
+    if todo.count and detector is None:  # load the model only when there is work for it
         # one box more than the filter tolerates is enough to tell that a name is ambiguous
         detector = GroundingDetector(ctx.options["grounding_model"],
                                      box_threshold=ctx.options["box_threshold"],

@@ -29,7 +29,7 @@ def _names(value: Any, max_objects: int) -> list[str]:
 
 def run(ctx: RunContext) -> StageReport:
     ids = ctx.shard.take(list_images(ctx.image_dir))
-    records = [{"image_id": i} for i in ids]
+    records = lambda: ({"image_id": i} for i in ids)
     max_objects = int(ctx.options["max_objects"])
     assert ctx.vlm is not None
     vlm = ctx.vlm
