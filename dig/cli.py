@@ -47,28 +47,28 @@ def register_dig(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
         description="Render CLEVR-style image pairs that differ in K objects (shape, colour, size, material, "
                     "added, deleted), with tight ground-truth boxes from instance masks. Resumable: run the "
                     "same command again to finish an interrupted run.")
-    p.add_argument("--out", required=True, help="output directory (pairs.jsonl, images/)")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (pairs.jsonl, images/)")
+    p.add_argument("--n", type=int, default=None, metavar="N",
                    help="number of pairs (per set for curriculum; default 1600 for curriculum, else 100)")
     p.add_argument("--difficulty", default="single", choices=["single", "dual", "mixed", "curriculum"],
                    help="single = 1 difference, dual = 2, mixed = 1..4; curriculum writes all three sets "
                         "into single/, dual/, mixed/ (default: single)")
     p.add_argument("--renderer", default="flat", choices=["flat", "blender"],
                    help="flat = fast numpy ray caster; blender = Cycles (needs bpy==5.0.1) (default: flat)")
-    p.add_argument("--workers", type=int, default=1, help="parallel render processes (default: 1)")
-    p.add_argument("--size", type=parse_size, default=None,
+    p.add_argument("--workers", type=int, default=1, metavar="W", help="parallel render processes (default: 1)")
+    p.add_argument("--size", type=parse_size, default=None, metavar="WxH",
                    help=f"image size WxH (default: {P.DEMO_SIZE[0]}x{P.DEMO_SIZE[1]} flat, "
                         f"{P.CLEVR_SIZE[0]}x{P.CLEVR_SIZE[1]} blender)")
-    p.add_argument("--samples", type=int, default=32, help="Cycles samples per pixel (blender; default: 32)")
+    p.add_argument("--samples", type=int, default=32, metavar="S", help="Cycles samples per pixel (blender; default: 32)")
     p.add_argument("--no-denoise", action="store_true",
                    help="skip OpenImageDenoise (blender; noisier images, bit-identical reruns)")
-    p.add_argument("--shard", type=parse_shard, default=(0, 1),
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), metavar="I/N",
                    help="i/n: make only the pairs whose index %% n == i (for many machines; default 0/1)")
-    p.add_argument("--zero-diff-fraction", type=float, default=0.0,
+    p.add_argument("--zero-diff-fraction", type=float, default=0.0, metavar="F",
                    help="share of pairs with no difference, whose answer is [] (default: 0)")
-    p.add_argument("--max-differences", type=int, default=4, help="mixed: at most this many (default: 4)")
+    p.add_argument("--max-differences", type=int, default=4, metavar="K", help="mixed: at most this many (default: 4)")
     p.add_argument("--save-masks", action="store_true", help="also write instance masks to masks/")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the data depend only on it (default: 0)")
+    p.add_argument("--seed", type=int, default=0, metavar="SEED", help="random seed; the data depend only on it (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run_generate)
     return p
@@ -96,21 +96,23 @@ def register_synth(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                     "schema: text->box, box->text, object image->box and text->object image choice, with "
                     "referring expressions unique in their scene. Writes train.json, val.json, test.json, "
                     "test_rec.jsonl and images/ under --out (the image root).")
-    p.add_argument("--out", required=True, help="output directory (the image root of the samples)")
-    p.add_argument("--n", type=int, default=1000, help="number of scenes (images) (default: 1000)")
-    p.add_argument("--size", type=parse_size, default=P.DEMO_SIZE,
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (the image root of the samples)")
+    p.add_argument("--n", type=int, default=1000, metavar="N", help="number of scenes (images) (default: 1000)")
+    p.add_argument("--size", type=parse_size, default=P.DEMO_SIZE, metavar="WxH",
                    help=f"image size WxH (default: {P.DEMO_SIZE[0]}x{P.DEMO_SIZE[1]})")
-    p.add_argument("--min-objects", type=int, default=P.MIN_OBJECTS, help="objects per scene, at least")
-    p.add_argument("--max-objects", type=int, default=P.MAX_OBJECTS,
-                   help="objects per scene, at most (1 with --min-objects 1 gives easy single-object data)")
-    p.add_argument("--tasks", default=",".join(TASKS),
+    p.add_argument("--min-objects", type=int, default=P.MIN_OBJECTS, metavar="K",
+                   help=f"objects per scene, at least (default: {P.MIN_OBJECTS})")
+    p.add_argument("--max-objects", type=int, default=P.MAX_OBJECTS, metavar="K",
+                   help=f"objects per scene, at most (default: {P.MAX_OBJECTS}; 1 with --min-objects 1 gives easy "
+                        "single-object data)")
+    p.add_argument("--tasks", default=",".join(TASKS), metavar="LIST",
                    help=f"comma-separated tasks among {','.join(TASKS)} (default: all)")
-    p.add_argument("--per-image", type=int, default=2, help="samples per task per image (default: 2)")
+    p.add_argument("--per-image", type=int, default=2, metavar="K", help="samples per task per image (default: 2)")
     p.add_argument("--no-relations", action="store_true",
                    help="attribute expressions only (no 'left of the blue sphere')")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of scenes for val (default: 0.1)")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="share of scenes for test (default: 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="share of scenes for val (default: 0.1)")
+    p.add_argument("--test-fraction", type=float, default=0.1, metavar="F", help="share of scenes for test (default: 0.1)")
+    p.add_argument("--seed", type=int, default=0, metavar="SEED", help="random seed (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run_synth)
     return p

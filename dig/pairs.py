@@ -25,7 +25,7 @@ import os
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,6 @@ class PairConfig:
     save_masks: bool = False  # also write masks/<id>_a.png, _b.png (uint8 instance indices)
     retries: int = 2  # Blender: re-renders of a pair after a worker crash
     blender_threads: int | None = None  # Cycles threads per worker (default: cores // workers)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.difficulty not in DIFFICULTIES + ("curriculum",):
@@ -345,8 +344,8 @@ def generate_pairs(cfg: PairConfig, progress: bool = True) -> list[Path]:
         logger.warning("%s: %d pairs failed (e.g. %s); run the same command again to retry them",
                        path, len(missing), pair_id(cfg.difficulty, missing[0]))
     else:
-        ordered = sorted((r for r in done.values() if r["id"] in {pair_id(cfg.difficulty, j) for j in indices}),
-                         key=lambda r: r["id"])
+        wanted = {pair_id(cfg.difficulty, j) for j in indices}
+        ordered = sorted((r for r in done.values() if r["id"] in wanted), key=lambda r: r["id"])
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered), encoding="utf-8")
         os.replace(tmp, path)

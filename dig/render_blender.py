@@ -115,18 +115,18 @@ class WorkerPool:
                     return
                 job, fut = item
                 for attempt in range(self.retries + 1):
-                    if proc is None or proc.poll() is not None:
-                        if log is not None:
-                            log.close()
-                        proc, log = self._start(slot)
                     try:
+                        if proc is None or proc.poll() is not None:
+                            if log is not None:
+                                log.close()
+                            proc, log = self._start(slot)
                         fut.set_result(self._ask(proc, job))
                         break
                     except (RenderError, OSError, ValueError) as exc:
                         logger.warning("worker %d, try %d of %d: %s", slot, attempt + 1, self.retries + 1,
                                        str(exc).strip().splitlines()[-1][:300])
-                        if not isinstance(exc, _JobError) and proc.poll() is None:  # hung or garbled: replace it
-                            proc.kill()
+                        if not isinstance(exc, _JobError) and proc is not None and proc.poll() is None:
+                            proc.kill()  # hung or garbled: replace it
                             proc.wait()
                         if attempt == self.retries:
                             fut.set_exception(RenderError(f"{exc} (after {self.retries + 1} tries; logs in "
