@@ -15,9 +15,11 @@ The lead's ``tinygg/cli.py`` calls :func:`register` with its sub-parsers object.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .registry import STAGES, Entry, load_registry
@@ -39,6 +41,21 @@ def _status(entry: Entry) -> str:
     return "local" if entry.source.kind == "local" else ("cached" if locate(entry) is not None else "-")
 
 
+def _reports_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Print an expected failure as one line on stderr and return 2, instead of a traceback."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (ValueError, LookupError, OSError, RuntimeError) as exc:
+            print(f"tinygg zoo: error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+@_reports_errors
 def _cmd_list(args: argparse.Namespace) -> int:
     reg = load_registry()
     entries = [e for e in reg.entries() if args.kind in (None, e.kind)]
@@ -63,6 +80,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reports_errors
 def _cmd_info(args: argparse.Namespace) -> int:
     from .resolve import locate
 
@@ -106,6 +124,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reports_errors
 def _cmd_download(args: argparse.Namespace) -> int:
     from .resolve import download
 
@@ -114,6 +133,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reports_errors
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .resolve import verify
 
@@ -125,6 +145,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+@_reports_errors
 def _cmd_add(args: argparse.Namespace) -> int:
     from .add_checkpoint import add
 
@@ -152,6 +173,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reports_errors
 def _cmd_card(args: argparse.Namespace) -> int:
     from .model_card import card
 
@@ -165,6 +187,7 @@ def _cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reports_errors
 def _cmd_publish(args: argparse.Namespace) -> int:
     from .hub_publish import publish
 
@@ -173,6 +196,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reports_errors
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_directory
 
@@ -181,17 +205,17 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``zoo`` and its sub-commands to the ``tinygg`` sub-parsers; each sets ``func=handler``."""
-    zoo = subparsers.add_parser(
-        "zoo",
-        help="model zoo: list, download, verify, register and publish checkpoints",
-        description="The model zoo: pretrained components (CLIP, DINOv2, Qwen2.5) and TinyGroundingGPT "
-        "checkpoints, downloaded at pinned revisions and verified by sha256. Every --model option of "
-        "tinygg accepts a zoo name as well as a directory.",
-    )
-    sub = zoo.add_subparsers(dest="zoo_command", metavar="COMMAND", required=True)
+ZOO_DESCRIPTION = (
+    "The model zoo: pretrained components (CLIP, DINOv2, Qwen2.5) and TinyGroundingGPT checkpoints, "
+    "downloaded at pinned revisions and verified by sha256. Every --model option of tinygg accepts a zoo "
+    "name as well as a directory."
+)
 
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``list | info | download | verify | add | card | publish | convert`` to ``sub``, the
+    sub-parsers of the ``tinygg zoo`` group; each command sets ``func=handler`` (``handler(args) -> int``).
+    Handlers print expected errors (unknown name, checksum mismatch, no network...) and return 2."""
     p = sub.add_parser("list", help="a table of all registered models", description="List registered models.")
     p.add_argument("--kind", choices=("component", "checkpoint"), help="only this kind")
     p.set_defaults(func=_cmd_list)
@@ -295,20 +319,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("dir", type=Path, metavar="DIR", help="directory holding the pickle weight file(s)")
     p.set_defaults(func=_cmd_convert)
-    return zoo
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m model_zoo.cli ...``) for use before the lead's CLI wires it in."""
+    """Standalone entry, ``python -m model_zoo.cli zoo ...`` (the same commands as ``tinygg zoo ...``)."""
     parser = argparse.ArgumentParser(prog="tinygg")
-    register(parser.add_subparsers(dest="command", required=True))
+    zoo = parser.add_subparsers(dest="command", required=True).add_parser(
+        "zoo", help="the model zoo", description=ZOO_DESCRIPTION
+    )
+    register(zoo.add_subparsers(dest="zoo_command", metavar="COMMAND", required=True))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (ValueError, KeyError, OSError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return args.func(args)
 
 
 if __name__ == "__main__":

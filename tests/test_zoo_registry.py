@@ -282,14 +282,24 @@ def test_publish_needs_credentials_and_never_uploads_pickles(tmp_path, monkeypat
     assert plan.readme is not None and "\n# ckpt\n" in plan.readme
 
 
-def test_register_adds_a_zoo_parser_with_every_command():
+def test_register_adds_every_command_to_the_zoo_group():
     parser = argparse.ArgumentParser(prog="tinygg")
-    zoo = register(parser.add_subparsers(dest="command"))
-    help_text = zoo.format_help()
+    group = parser.add_subparsers(dest="command").add_parser("zoo")
+    register(group.add_subparsers(dest="zoo_command"))
+    help_text = group.format_help()
     for cmd in ("list", "info", "download", "verify", "add", "card", "publish", "convert"):
         assert cmd in help_text
     args = parser.parse_args(["zoo", "card", "x", "--eval", "a.json", "b.json", "--out", "README.md"])
     assert args.func.__name__ == "_cmd_card" and [str(p) for p in args.eval] == ["a.json", "b.json"]
+
+
+def test_tinygg_cli_runs_zoo_commands(capsys):
+    from tinygg.cli import main as tinygg_main
+
+    assert tinygg_main(["zoo", "list"]) == 0
+    assert "facebook/dinov2-large" in capsys.readouterr().out
+    assert tinygg_main(["zoo", "info", "qwen2.5-3b-instruct"]) == 2  # a one-line error, not a traceback
+    assert "Did you mean: Qwen/Qwen2.5-3B-Instruct" in capsys.readouterr().err
 
 
 def test_checkpoint_inside_the_package_is_registered_relocatably(tmp_path, monkeypatch):
