@@ -32,7 +32,9 @@ class AnswerCache:
         self._answers: dict[tuple[str, str, str], str] = {}
         for row, record in enumerate(read_jsonl(self.path), start=1):
             try:
-                self._answers[(record["image_id"], record["stage"], record["request_hash"])] = record["answer"]
+                self._answers[(record["image_id"], record["stage"], record["request_hash"])] = record[
+                    "answer"
+                ]
             except KeyError as exc:
                 raise ValueError(f"{self.path}, line {row}: missing field {exc}") from None
         self._writer: JsonlWriter | None = None
@@ -45,8 +47,14 @@ class AnswerCache:
         return self._answers.get((image_id, stage, req_hash))
 
     def put(self, image_id: str, stage: str, req_hash: str, answer: str, **extra: Any) -> None:
-        record = {"image_id": image_id, "stage": stage, "request_hash": req_hash, "answer": answer,
-                  "time": round(time.time(), 3), **extra}
+        record = {
+            "image_id": image_id,
+            "stage": stage,
+            "request_hash": req_hash,
+            "answer": answer,
+            "time": round(time.time(), 3),
+            **extra,
+        }
         if self._writer is None:
             self._writer = JsonlWriter(self.path)
         self._writer.write(record)

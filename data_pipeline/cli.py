@@ -51,73 +51,207 @@ written. Prices for the cost log: --price-input/--price-output or ${ENV_PRICE_IN
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``pipeline`` to the sub-parsers of ``tinygg data``."""
-    p = subparsers.add_parser("pipeline", help="synthesise grounding data from images (VLM + GroundingDINO)",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "pipeline",
+        help="synthesise grounding data from images (VLM + GroundingDINO)",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     io = p.add_argument_group("input and output")
-    io.add_argument("--images", required=True, metavar="DIR",
-                    help="directory of images (searched recursively); the image root of the exported data")
-    io.add_argument("--out", required=True, metavar="DIR", help="output directory (created; reused to resume)")
-    io.add_argument("--stages", default=",".join(STAGES), metavar="LIST",
-                    help=f"comma-separated stages to run, in pipeline order (default: {','.join(STAGES)})")
-    io.add_argument("--shard", default=None, metavar="I/N",
-                    help="process only shard I of N (every N-th image); outputs get a .shardIofN suffix")
-    io.add_argument("--prompts", default=None, metavar="DIR",
-                    help="directory whose template files override the shipped data_pipeline/prompts/ ones")
-    io.add_argument("--seed", type=int, default=0, help="seed for question wording and option order (default 0)")
+    io.add_argument(
+        "--images",
+        required=True,
+        metavar="DIR",
+        help="directory of images (searched recursively); the image root of the exported data",
+    )
+    io.add_argument(
+        "--out", required=True, metavar="DIR", help="output directory (created; reused to resume)"
+    )
+    io.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        metavar="LIST",
+        help=f"comma-separated stages to run, in pipeline order (default: {','.join(STAGES)})",
+    )
+    io.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="process only shard I of N (every N-th image); outputs get a .shardIofN suffix",
+    )
+    io.add_argument(
+        "--prompts",
+        default=None,
+        metavar="DIR",
+        help="directory whose template files override the shipped data_pipeline/prompts/ ones",
+    )
+    io.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        default=0,
+        help="seed for question wording and option order (default 0)",
+    )
 
     vlm = p.add_argument_group("VLM endpoint (OpenAI-compatible)")
-    vlm.add_argument("--base-url", default=None,
-                     help=f"API base URL (default ${ENV_BASE_URL} or {DEFAULT_BASE_URL})")
-    vlm.add_argument("--model", default=None, help=f"model name (default ${ENV_MODEL} or {DEFAULT_MODEL})")
-    vlm.add_argument("--api-key-env", default=None, metavar="VAR",
-                     help=f"name of the environment variable holding the API key (default {ENV_API_KEY}); "
-                          "the key itself is never accepted on the command line")
-    vlm.add_argument("--concurrency", type=int, default=None, help="requests in flight at once (default 4)")
-    vlm.add_argument("--timeout", type=float, default=None, dest="timeout_s",
-                     help="seconds before a request is abandoned and retried (default 120)")
-    vlm.add_argument("--max-retries", type=int, default=None,
-                     help="retries on 429, 5xx, timeouts and connection errors (default 6)")
-    vlm.add_argument("--backoff", type=float, default=None, dest="backoff_base_s",
-                     help="first back-off in seconds, doubled per retry, with jitter (default 1); a 429's "
-                          "Retry-After header takes precedence")
-    vlm.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0.2)")
-    vlm.add_argument("--max-tokens", type=int, default=None, help="answer length limit (default 2048)")
-    vlm.add_argument("--max-image-side", type=int, default=None,
-                     help="images are downscaled to this longer side before sending (default 1024)")
-    vlm.add_argument("--price-input", type=float, default=None, metavar="USD",
-                     help=f"US dollars per 1M input tokens for the cost log (default ${ENV_PRICE_INPUT} or 0)")
-    vlm.add_argument("--price-output", type=float, default=None, metavar="USD",
-                     help=f"US dollars per 1M output tokens (default ${ENV_PRICE_OUTPUT} or 0)")
+    vlm.add_argument(
+        "--base-url",
+        default=None,
+        metavar="URL",
+        help=f"API base URL (default ${ENV_BASE_URL} or {DEFAULT_BASE_URL})",
+    )
+    vlm.add_argument(
+        "--model", default=None, metavar="NAME", help=f"model name (default ${ENV_MODEL} or {DEFAULT_MODEL})"
+    )
+    vlm.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help=f"name of the environment variable holding the API key (default {ENV_API_KEY}); "
+        "the key itself is never accepted on the command line",
+    )
+    vlm.add_argument(
+        "--concurrency", type=int, metavar="N", default=None, help="requests in flight at once (default 4)"
+    )
+    vlm.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        default=None,
+        dest="timeout_s",
+        help="seconds before a request is abandoned and retried (default 120)",
+    )
+    vlm.add_argument(
+        "--max-retries",
+        type=int,
+        metavar="N",
+        default=None,
+        help="retries on 429, 5xx, timeouts and connection errors (default 6)",
+    )
+    vlm.add_argument(
+        "--backoff",
+        type=float,
+        metavar="S",
+        default=None,
+        dest="backoff_base_s",
+        help="first back-off in seconds, doubled per retry, with jitter (default 1); a 429's "
+        "Retry-After header takes precedence",
+    )
+    vlm.add_argument(
+        "--temperature", type=float, metavar="X", default=None, help="sampling temperature (default 0.2)"
+    )
+    vlm.add_argument(
+        "--max-tokens", type=int, metavar="N", default=None, help="answer length limit (default 2048)"
+    )
+    vlm.add_argument(
+        "--max-image-side",
+        type=int,
+        metavar="N",
+        default=None,
+        help="images are downscaled to this longer side before sending (default 1024)",
+    )
+    vlm.add_argument(
+        "--price-input",
+        type=float,
+        default=None,
+        metavar="USD",
+        help=f"US dollars per 1M input tokens for the cost log (default ${ENV_PRICE_INPUT} or 0)",
+    )
+    vlm.add_argument(
+        "--price-output",
+        type=float,
+        default=None,
+        metavar="USD",
+        help=f"US dollars per 1M output tokens (default ${ENV_PRICE_OUTPUT} or 0)",
+    )
 
     g = p.add_argument_group("grounding and generation")
-    g.add_argument("--grounding-model", default=DEFAULT_GROUNDING_MODEL, metavar="ID_OR_DIR",
-                   help=f"GroundingDINO checkpoint: hub id or local directory (default {DEFAULT_GROUNDING_MODEL})")
-    g.add_argument("--box-threshold", type=float, default=0.35, help="box confidence to keep (default 0.35)")
-    g.add_argument("--text-threshold", type=float, default=0.25,
-                   help="mean token probability over the object's phrase to keep (default 0.25)")
-    g.add_argument("--device", default="cpu", help="torch device for GroundingDINO, e.g. cuda:0 (default cpu)")
-    g.add_argument("--max-objects", type=int, default=20, help="objects asked for per image (default 20)")
-    g.add_argument("--max-relations", type=int, default=20, help="relation triples per image (default 20)")
-    g.add_argument("--max-questions", type=int, default=6, help="relation QAs per image (default 6)")
-    g.add_argument("--conversation-rounds", type=int, default=4, help="rounds per conversation (default 4)")
+    g.add_argument(
+        "--grounding-model",
+        default=DEFAULT_GROUNDING_MODEL,
+        metavar="ID_OR_DIR",
+        help=f"GroundingDINO checkpoint: hub id or local directory (default {DEFAULT_GROUNDING_MODEL})",
+    )
+    g.add_argument(
+        "--box-threshold", type=float, metavar="X", default=0.35, help="box confidence to keep (default 0.35)"
+    )
+    g.add_argument(
+        "--text-threshold",
+        type=float,
+        metavar="X",
+        default=0.25,
+        help="mean token probability over the object's phrase to keep (default 0.25)",
+    )
+    g.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEV",
+        help="torch device for GroundingDINO, e.g. cuda:0 (default cpu)",
+    )
+    g.add_argument(
+        "--max-objects", type=int, metavar="N", default=20, help="objects asked for per image (default 20)"
+    )
+    g.add_argument(
+        "--max-relations", type=int, metavar="N", default=20, help="relation triples per image (default 20)"
+    )
+    g.add_argument(
+        "--max-questions", type=int, metavar="N", default=6, help="relation QAs per image (default 6)"
+    )
+    g.add_argument(
+        "--conversation-rounds", type=int, metavar="N", default=4, help="rounds per conversation (default 4)"
+    )
 
     d = FilterSettings()
     f = p.add_argument_group("filters")
-    f.add_argument("--min-object-area", type=float, default=d.min_object_area,
-                   help=f"smallest object image, as a share of the image area (default {d.min_object_area})")
-    f.add_argument("--max-object-area", type=float, default=d.max_object_area,
-                   help=f"largest object image, as a share of the image area (default {d.max_object_area})")
-    f.add_argument("--min-object-side", type=float, default=d.min_object_side,
-                   help=f"shortest side of an object image in pixels (default {d.min_object_side:g})")
-    f.add_argument("--max-option-iou", type=float, default=d.max_option_iou,
-                   help=f"largest IoU between two object images of one sample (default {d.max_option_iou})")
-    f.add_argument("--min-score", type=float, default=d.min_score,
-                   help=f"lowest grounding score of an object a sample uses (default {d.min_score})")
-    f.add_argument("--max-instances", type=int, default=d.max_instances,
-                   help=f"most boxes one object name may have before it counts as ambiguous "
-                        f"(default {d.max_instances})")
-    f.add_argument("--max-boxes", type=int, default=d.max_boxes,
-                   help=f"most boxes in one sample (default {d.max_boxes})")
+    f.add_argument(
+        "--min-object-area",
+        type=float,
+        metavar="X",
+        default=d.min_object_area,
+        help=f"smallest object image, as a share of the image area (default {d.min_object_area})",
+    )
+    f.add_argument(
+        "--max-object-area",
+        type=float,
+        metavar="X",
+        default=d.max_object_area,
+        help=f"largest object image, as a share of the image area (default {d.max_object_area})",
+    )
+    f.add_argument(
+        "--min-object-side",
+        type=float,
+        metavar="X",
+        default=d.min_object_side,
+        help=f"shortest side of an object image in pixels (default {d.min_object_side:g})",
+    )
+    f.add_argument(
+        "--max-option-iou",
+        type=float,
+        metavar="X",
+        default=d.max_option_iou,
+        help=f"largest IoU between two object images of one sample (default {d.max_option_iou})",
+    )
+    f.add_argument(
+        "--min-score",
+        type=float,
+        metavar="X",
+        default=d.min_score,
+        help=f"lowest grounding score of an object a sample uses (default {d.min_score})",
+    )
+    f.add_argument(
+        "--max-instances",
+        type=int,
+        metavar="N",
+        default=d.max_instances,
+        help=f"most boxes one object name may have before it counts as ambiguous (default {d.max_instances})",
+    )
+    f.add_argument(
+        "--max-boxes",
+        type=int,
+        metavar="N",
+        default=d.max_boxes,
+        help=f"most boxes in one sample (default {d.max_boxes})",
+    )
     p.set_defaults(func=handle_pipeline)
     return p
 
@@ -129,33 +263,57 @@ def handle_pipeline(args: argparse.Namespace) -> int:
         if args.price_input is not None or args.price_output is not None:
             prices = Prices(args.price_input or 0.0, args.price_output or 0.0)
         settings = VLMSettings.from_env(
-            base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
-            concurrency=args.concurrency, timeout_s=args.timeout_s, max_retries=args.max_retries,
-            backoff_base_s=args.backoff_base_s, temperature=args.temperature, max_tokens=args.max_tokens,
-            max_image_side=args.max_image_side, prices=prices)
+            base_url=args.base_url,
+            model=args.model,
+            api_key_env=args.api_key_env,
+            concurrency=args.concurrency,
+            timeout_s=args.timeout_s,
+            max_retries=args.max_retries,
+            backoff_base_s=args.backoff_base_s,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            max_image_side=args.max_image_side,
+            prices=prices,
+        )
         options = PipelineOptions(
-            grounding_model=args.grounding_model, box_threshold=args.box_threshold,
-            text_threshold=args.text_threshold, device=args.device, max_objects=args.max_objects, max_relations=args.max_relations,
-            max_questions=args.max_questions, conversation_rounds=args.conversation_rounds,
-            prompts_dir=args.prompts, seed=args.seed,
-            filters=FilterSettings(min_object_area=args.min_object_area, max_object_area=args.max_object_area,
-                                   min_object_side=args.min_object_side, max_option_iou=args.max_option_iou,
-                                   min_score=args.min_score, max_instances=args.max_instances,
-                                   max_boxes=args.max_boxes))
+            grounding_model=args.grounding_model,
+            box_threshold=args.box_threshold,
+            text_threshold=args.text_threshold,
+            device=args.device,
+            max_objects=args.max_objects,
+            max_relations=args.max_relations,
+            max_questions=args.max_questions,
+            conversation_rounds=args.conversation_rounds,
+            prompts_dir=args.prompts,
+            seed=args.seed,
+            filters=FilterSettings(
+                min_object_area=args.min_object_area,
+                max_object_area=args.max_object_area,
+                min_object_side=args.min_object_side,
+                max_option_iou=args.max_option_iou,
+                min_score=args.min_score,
+                max_instances=args.max_instances,
+                max_boxes=args.max_boxes,
+            ),
+        )
         shard = Shard.parse(args.shard)
     except ValueError as exc:
         print(f"tinygg data pipeline: error: {exc}", file=sys.stderr)
         return 2
     try:
-        summary = run_pipeline(args.images, args.out, stages=stages, shard=shard, vlm_settings=settings,
-                               options=options)
+        summary = run_pipeline(
+            args.images, args.out, stages=stages, shard=shard, vlm_settings=settings, options=options
+        )
     except (VLMConfigurationError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"tinygg data pipeline: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=1))
     if summary["pending_images"]:
-        print(f"{summary['pending_images']} image(s) still pending after retries: run the same command again "
-              "to finish them", file=sys.stderr)
+        print(
+            f"{summary['pending_images']} image(s) still pending after retries: run the same command again "
+            "to finish them",
+            file=sys.stderr,
+        )
         return 3
     return 0
 

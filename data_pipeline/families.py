@@ -35,8 +35,9 @@ FAMILIES = FINE_GRAINED + GLOBAL
 OPTION_LETTERS = "ABCD"
 
 
-def _sample(family: str, turns: list[tuple[str, str]], objects: list[list[float]], refs: list[str]
-            ) -> dict[str, Any]:
+def _sample(
+    family: str, turns: list[tuple[str, str]], objects: list[list[float]], refs: list[str]
+) -> dict[str, Any]:
     conversations = []
     for k, (question, answer) in enumerate(turns):
         conversations.append({"from": "human", "value": (f"{IMAGE_TOKEN}\n" if k == 0 else "") + question})
@@ -64,8 +65,9 @@ def parse_expressions(value: Any, record: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def object_families(record: dict[str, Any], expressions: dict[str, str], templates: Templates,
-                    seed: int) -> list[dict[str, Any]]:
+def object_families(
+    record: dict[str, Any], expressions: dict[str, str], templates: Templates, seed: int
+) -> list[dict[str, Any]]:
     """text_to_box, box_to_text, image_to_box and text_to_image samples for every grounded object."""
     W, H = record["width"], record["height"]
     samples: list[dict[str, Any]] = []
@@ -76,26 +78,47 @@ def object_families(record: dict[str, Any], expressions: dict[str, str], templat
 
     for o in record["objects"]:
         btext = box_text(o["box"], W, H)
-        samples.append(_sample("image_to_box", [(ask("image_to_box", o["id"]), btext)], [list(o["box"])], [o["id"]]))
+        samples.append(
+            _sample("image_to_box", [(ask("image_to_box", o["id"]), btext)], [list(o["box"])], [o["id"]])
+        )
         expression = expressions.get(o["id"])
         if expression is None:
             continue  # an ambiguous name without an expression cannot be asked about in words
-        samples.append(_sample("text_to_box", [(ask("text_to_box", o["id"], expression=expression), btext)],
-                               [], [o["id"]]))
-        samples.append(_sample("box_to_text", [(ask("box_to_text", o["id"], box=btext),
-                                                _sentence(expression) + ".")], [], [o["id"]]))
+        samples.append(
+            _sample(
+                "text_to_box", [(ask("text_to_box", o["id"], expression=expression), btext)], [], [o["id"]]
+            )
+        )
+        samples.append(
+            _sample(
+                "box_to_text",
+                [(ask("box_to_text", o["id"], box=btext), _sentence(expression) + ".")],
+                [],
+                [o["id"]],
+            )
+        )
         r = random.Random(f"{seed}:{record['image_id']}:text_to_image:{o['id']}")
         others = [d for d in record["objects"] if d["id"] != o["id"] and d["name"] != o["name"]]
         if not others:
             continue
         options = r.sample(others, k=min(len(others), len(OPTION_LETTERS) - 1)) + [o]
         r.shuffle(options)
-        letters = OPTION_LETTERS[:len(options)]
+        letters = OPTION_LETTERS[: len(options)]
         option_text = " ".join(f"({letter}) {OBJECT_TOKEN}" for letter in letters)
         answer = f"({letters[options.index(o)]})"
-        samples.append(_sample("text_to_image", [(templates.question("text_to_image", r, expression=expression,
-                                                                      options=option_text), answer)],
-                               [list(d["box"]) for d in options], [d["id"] for d in options]))
+        samples.append(
+            _sample(
+                "text_to_image",
+                [
+                    (
+                        templates.question("text_to_image", r, expression=expression, options=option_text),
+                        answer,
+                    )
+                ],
+                [list(d["box"]) for d in options],
+                [d["id"] for d in options],
+            )
+        )
     return samples
 
 
@@ -146,8 +169,9 @@ def conversation_family(value: Any, record: dict[str, Any]) -> list[dict[str, An
     return [_sample("conversation", turns, [], refs)]
 
 
-def description_family(value: Any, record: dict[str, Any], templates: Templates, seed: int
-                       ) -> list[dict[str, Any]]:
+def description_family(
+    value: Any, record: dict[str, Any], templates: Templates, seed: int
+) -> list[dict[str, Any]]:
     """One grounded description (marks -> box text); raises MalformedAnswer if unusable."""
     text = value.get("description") if isinstance(value, dict) else None
     if not isinstance(text, str) or not text.strip():

@@ -36,13 +36,16 @@ class FilterSettings:
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_object_area < self.max_object_area <= 1:
-            raise ValueError("need 0 <= --min-object-area < --max-object-area <= 1; got "
-                             f"{self.min_object_area} and {self.max_object_area}")
+            raise ValueError(
+                "need 0 <= --min-object-area < --max-object-area <= 1; got "
+                f"{self.min_object_area} and {self.max_object_area}"
+            )
         if not 0 <= self.max_option_iou <= 1:
             raise ValueError(f"--max-option-iou must lie in [0, 1]; got {self.max_option_iou}")
         if self.max_instances < 1 or self.max_boxes < 1:
-            raise ValueError(f"--max-instances and --max-boxes must be >= 1; got {self.max_instances}, "
-                             f"{self.max_boxes}")
+            raise ValueError(
+                f"--max-instances and --max-boxes must be >= 1; got {self.max_instances}, {self.max_boxes}"
+            )
 
 
 def drop_reason(sample: dict[str, Any], record: dict[str, Any], settings: FilterSettings) -> str | None:

@@ -60,11 +60,21 @@ def _clean_name(name: str) -> str:
 class GroundingDetector:
     """GroundingDINO detector for lists of object names (see module docstring for the thresholds)."""
 
-    def __init__(self, model_id_or_dir: str | Path = DEFAULT_GROUNDING_MODEL, *, box_threshold: float = 0.35,
-                 text_threshold: float = 0.25, nms_iou: float = 0.7, max_per_name: int = 10,
-                 device: str = "cpu"):
-        for flag, value in (("--box-threshold", box_threshold), ("--text-threshold", text_threshold),
-                            ("--nms-iou", nms_iou)):
+    def __init__(
+        self,
+        model_id_or_dir: str | Path = DEFAULT_GROUNDING_MODEL,
+        *,
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+        nms_iou: float = 0.7,
+        max_per_name: int = 10,
+        device: str = "cpu",
+    ):
+        for flag, value in (
+            ("--box-threshold", box_threshold),
+            ("--text-threshold", text_threshold),
+            ("--nms-iou", nms_iou),
+        ):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{flag} must lie in [0, 1]; got {value}")
         if max_per_name < 1:
@@ -76,9 +86,11 @@ class GroundingDetector:
             self.processor = AutoProcessor.from_pretrained(self.model_id)
             self.model = GroundingDinoForObjectDetection.from_pretrained(self.model_id).to(device).eval()
         except OSError as exc:
-            raise OSError(f"--grounding-model {self.model_id!r}: cannot load a GroundingDINO checkpoint "
-                          f"(a hub id needs network access or a cached copy; a directory needs "
-                          f"config.json, weights and processor files): {exc}") from exc
+            raise OSError(
+                f"--grounding-model {self.model_id!r}: cannot load a GroundingDINO checkpoint "
+                f"(a hub id needs network access or a cached copy; a directory needs "
+                f"config.json, weights and processor files): {exc}"
+            ) from exc
         self.device = device
         self.box_threshold = box_threshold
         self.text_threshold = text_threshold
@@ -103,8 +115,10 @@ class GroundingDetector:
         text, spans = _phrase_spans(phrases)
         inputs = self.processor(images=image, text=text, return_tensors="pt")
         if inputs["input_ids"].shape[1] > self.max_text_len:
-            raise ValueError(f"object name too long for GroundingDINO ({inputs['input_ids'].shape[1]} > "
-                             f"{self.max_text_len} tokens): {phrases}")
+            raise ValueError(
+                f"object name too long for GroundingDINO ({inputs['input_ids'].shape[1]} > "
+                f"{self.max_text_len} tokens): {phrases}"
+            )
         offsets = self.processor.tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
         outputs = self.model(**inputs.to(self.device))
         n_tokens = inputs["input_ids"].shape[1]
@@ -124,7 +138,11 @@ class GroundingDetector:
             best[p] = np.where(mean >= self.text_threshold, peak, -1.0)
         owner = best.argmax(axis=0)  # (Q,) phrase each query matches best
         score = best.max(axis=0)  # (Q,)
-        keep = (score >= self.box_threshold) & (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        keep = (
+            (score >= self.box_threshold)
+            & (boxes[:, 2] - boxes[:, 0] >= 1)
+            & (boxes[:, 3] - boxes[:, 1] >= 1)
+        )
 
         detections: list[Detection] = []
         for p, phrase in enumerate(phrases):
@@ -132,13 +150,15 @@ class GroundingDetector:
             idx = idx[np.argsort(-score[idx], kind="stable")]
             chosen: list[int] = []
             for i in idx:
-                if chosen and box_iou(boxes[i:i + 1], boxes[chosen]).max() > self.nms_iou:
+                if chosen and box_iou(boxes[i : i + 1], boxes[chosen]).max() > self.nms_iou:
                     continue
                 chosen.append(int(i))
                 if len(chosen) == self.max_per_name:
                     break
-            detections += [Detection(phrase, [round(float(v), 2) for v in boxes[i]], round(float(score[i]), 4))
-                           for i in chosen]
+            detections += [
+                Detection(phrase, [round(float(v), 2) for v in boxes[i]], round(float(score[i]), 4))
+                for i in chosen
+            ]
         return detections
 
     def detect(self, image: Image.Image, names: list[str]) -> list[Detection]:

@@ -42,7 +42,7 @@ class Shard:
         return "" if self.count == 1 else f".shard{self.index}of{self.count}"
 
     def take(self, items: list[str]) -> list[str]:
-        return items[self.index::self.count]
+        return items[self.index :: self.count]
 
 
 def list_images(image_dir: str | Path) -> list[str]:
@@ -50,8 +50,11 @@ def list_images(image_dir: str | Path) -> list[str]:
     root = Path(image_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"--images: {root} is not a directory")
-    ids = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    ids = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
     if not ids:
         raise FileNotFoundError(f"--images: no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}")
     return ids

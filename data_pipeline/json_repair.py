@@ -61,7 +61,7 @@ def _first_balanced(text: str) -> str | None:
                 if not stack or stack.pop() != c:
                     break
                 if not stack:
-                    return text[start:end + 1]
+                    return text[start : end + 1]
         # unbalanced from this start: try the next opening bracket
     return None
 

@@ -31,8 +31,12 @@ def read_jsonl(path: str | Path, *, strict: bool = False) -> Iterator[dict[str, 
             if not raw.endswith(b"\n"):  # only the last line can lack its newline
                 if strict:
                     raise ValueError(f"{path}, line {number}: incomplete last line (interrupted write)")
-                logger.warning("%s: ignoring the partial last line %d left by an interrupted run; the next "
-                               "append replaces it", path, number)
+                logger.warning(
+                    "%s: ignoring the partial last line %d left by an interrupted run; the next "
+                    "append replaces it",
+                    path,
+                    number,
+                )
                 return
             if not raw.strip():
                 continue
@@ -41,8 +45,8 @@ def read_jsonl(path: str | Path, *, strict: bool = False) -> Iterator[dict[str, 
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{path}, line {number}: not valid JSON ({exc})") from None
             if not isinstance(record, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object, "  # noqa: TRY004 (bad data)
-                                 f"got {type(record).__name__}")
+                got = type(record).__name__
+                raise ValueError(f"{path}, line {number}: expected a JSON object, got {got}")  # noqa: TRY004
             yield record
 
 
@@ -65,8 +69,11 @@ class JsonlWriter:
                 return
             cut = data.rfind(b"\n") + 1
             fh.truncate(cut)
-        logger.warning("%s: removed a partial last line (%d bytes) left by an interrupted run",
-                       self.path, len(data) - cut)
+        logger.warning(
+            "%s: removed a partial last line (%d bytes) left by an interrupted run",
+            self.path,
+            len(data) - cut,
+        )
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"

@@ -29,8 +29,10 @@ def box_text(box: list[float], width: int, height: int) -> str:
 
 
 def objects_listing(record: dict[str, Any]) -> str:
-    return "\n".join(f"{o['id']}: {o['name']} {box_text(o['box'], record['width'], record['height'])}"
-                     for o in record["objects"])
+    return "\n".join(
+        f"{o['id']}: {o['name']} {box_text(o['box'], record['width'], record['height'])}"
+        for o in record["objects"]
+    )
 
 
 def relations_listing(record: dict[str, Any]) -> str:
@@ -42,8 +44,9 @@ def marks(text: str) -> list[str]:
     return MARK.findall(text)
 
 
-def render(text: str, record: dict[str, Any], as_object_image: bool, objects: list[list[float]],
-           refs: list[str]) -> str:
+def render(
+    text: str, record: dict[str, Any], as_object_image: bool, objects: list[list[float]], refs: list[str]
+) -> str:
     """Replace ``{oN}`` marks by box text, or by ``<object>`` (appending the box to ``objects``).
 
     ``refs`` collects the ids of every object used, for the filters.
@@ -68,5 +71,3 @@ def render(text: str, record: dict[str, Any], as_object_image: bool, objects: li
 def _tidy(text: str) -> str:
     text = re.sub(r"[ \t]+", " ", text)
     return re.sub(r" ([.,;:!?])", r"\1", text).strip()
-
-

@@ -30,8 +30,14 @@ from data_pipeline.vlm_client import VLMClient, VLMSettings
 logger = logging.getLogger(__name__)
 
 VLM_STAGES = frozenset({"recognise", "relate", "qa"})
-RUNNERS = {"recognise": recognise.run, "ground": ground.run, "relate": relate.run, "qa": qa.run,
-           "filter": filter_stage.run, "export": export.run}
+RUNNERS = {
+    "recognise": recognise.run,
+    "ground": ground.run,
+    "relate": relate.run,
+    "qa": qa.run,
+    "filter": filter_stage.run,
+    "export": export.run,
+}
 
 
 @dataclass
@@ -60,7 +66,7 @@ class PipelineOptions:
 
 
 def parse_stages(text: str | None) -> list[str]:
-    """``"ground,qa"`` -> stages in pipeline order; unknown names raise ``ValueError`` listing the valid ones."""
+    """``"ground,qa"`` -> stages in pipeline order; unknown names raise ``ValueError``."""
     if not text:
         return list(STAGES)
     wanted = [s.strip() for s in text.split(",") if s.strip()]
@@ -70,10 +76,16 @@ def parse_stages(text: str | None) -> list[str]:
     return [s for s in STAGES if s in wanted]
 
 
-def run_pipeline(image_dir: str | Path, out_dir: str | Path, *, stages: list[str] | None = None,
-                 shard: Shard | None = None, vlm_settings: VLMSettings | None = None,
-                 options: PipelineOptions | None = None, vlm_client: VLMClient | None = None
-                 ) -> dict[str, Any]:
+def run_pipeline(
+    image_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    stages: list[str] | None = None,
+    shard: Shard | None = None,
+    vlm_settings: VLMSettings | None = None,
+    options: PipelineOptions | None = None,
+    vlm_client: VLMClient | None = None,
+) -> dict[str, Any]:
     """Run ``stages`` (default: all) and return the run summary (also written to run_summary.json)."""
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     stages = list(STAGES) if stages is None else stages
@@ -83,15 +95,30 @@ def run_pipeline(image_dir: str | Path, out_dir: str | Path, *, stages: list[str
     vlm = vlm_client
     if vlm is None and VLM_STAGES.intersection(stages):
         settings = vlm_settings or VLMSettings.from_env()
-        vlm = VLMClient(settings, AnswerCache(out_dir / f"answers{shard.suffix}.jsonl"),
-                        UsageLog(out_dir / f"usage{shard.suffix}.jsonl", settings.prices))
-    ctx = RunContext(image_dir=image_dir, out_dir=out_dir, shard=shard, templates=Templates(options.prompts_dir),
-                     vlm=vlm, seed=options.seed,
-                     options={"grounding_model": options.grounding_model, "box_threshold": options.box_threshold,
-                              "text_threshold": options.text_threshold, "device": options.device,
-                              "max_objects": options.max_objects,
-                              "max_relations": options.max_relations, "max_questions": options.max_questions,
-                              "conversation_rounds": options.conversation_rounds, "filters": options.filters})
+        vlm = VLMClient(
+            settings,
+            AnswerCache(out_dir / f"answers{shard.suffix}.jsonl"),
+            UsageLog(out_dir / f"usage{shard.suffix}.jsonl", settings.prices),
+        )
+    ctx = RunContext(
+        image_dir=image_dir,
+        out_dir=out_dir,
+        shard=shard,
+        templates=Templates(options.prompts_dir),
+        vlm=vlm,
+        seed=options.seed,
+        options={
+            "grounding_model": options.grounding_model,
+            "box_threshold": options.box_threshold,
+            "text_threshold": options.text_threshold,
+            "device": options.device,
+            "max_objects": options.max_objects,
+            "max_relations": options.max_relations,
+            "max_questions": options.max_questions,
+            "conversation_rounds": options.conversation_rounds,
+            "filters": options.filters,
+        },
+    )
     reports: list[StageReport] = []
     try:
         for stage in stages:
@@ -101,11 +128,17 @@ def run_pipeline(image_dir: str | Path, out_dir: str | Path, *, stages: list[str
         if vlm is not None:
             vlm.cache.close()
             vlm.usage.close()
-    summary: dict[str, Any] = {"stages": [r.as_dict() for r in reports],
-                               "pending_images": sum(r.pending for r in reports)}
+    summary: dict[str, Any] = {
+        "stages": [r.as_dict() for r in reports],
+        "pending_images": sum(r.pending for r in reports),
+    }
     if vlm is not None:
-        summary["vlm"] = {"base_url": vlm.settings.base_url, "model": vlm.settings.model,
-                          "stats": dict(vlm.stats), "usage_this_run": vlm.usage.summary(),
-                          "cost_all_runs_usd": round(vlm.usage.all_time().cost_usd, 6)}
+        summary["vlm"] = {
+            "base_url": vlm.settings.base_url,
+            "model": vlm.settings.model,
+            "stats": dict(vlm.stats),
+            "usage_this_run": vlm.usage.summary(),
+            "cost_all_runs_usd": round(vlm.usage.all_time().cost_usd, 6),
+        }
     (out_dir / f"run_summary{shard.suffix}.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

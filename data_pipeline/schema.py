@@ -30,8 +30,10 @@ def _image_size(root: Path, rel: str, where: str, cache: dict[str, tuple[int, in
     if rel not in cache:
         path = root / rel
         if not path.is_file():
-            raise ValueError(f"{where}: field 'image': file {path} does not exist (paths are relative to "
-                             f"the image root {root})")
+            raise ValueError(
+                f"{where}: field 'image': file {path} does not exist (paths are relative to "
+                f"the image root {root})"
+            )
         with Image.open(path) as img:  # reads the header only
             cache[rel] = img.size
     return cache[rel]
@@ -39,7 +41,7 @@ def _image_size(root: Path, rel: str, where: str, cache: dict[str, tuple[int, in
 
 def validate_sample(sample: Any, where: str, image_root: Path, sizes: dict[str, tuple[int, int]]) -> None:
     if not isinstance(sample, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(sample).__name__}")  # noqa: TRY004 (bad data, not a bad call)
+        raise ValueError(f"{where}: expected a JSON object, got {type(sample).__name__}")  # noqa: TRY004
     if not isinstance(sample.get("id"), str) or not sample["id"]:
         raise ValueError(f"{where}: field 'id': expected a non-empty string, got {sample.get('id')!r}")
     where = f"{where} (id {sample['id']!r})"
@@ -50,32 +52,43 @@ def validate_sample(sample: Any, where: str, image_root: Path, sizes: dict[str, 
         raise ValueError(f"{where}: field 'image(s)': expected non-empty path strings, got {images!r}")
     conv = sample.get("conversations")
     if not isinstance(conv, list) or len(conv) < 2 or len(conv) % 2:
-        raise ValueError(f"{where}: field 'conversations': expected an even, non-zero number of turns, got "
-                         f"{len(conv) if isinstance(conv, list) else type(conv).__name__}")
+        raise ValueError(
+            f"{where}: field 'conversations': expected an even, non-zero number of turns, got "
+            f"{len(conv) if isinstance(conv, list) else type(conv).__name__}"
+        )
     for t, turn in enumerate(conv):
         want = ROLES[t % 2]
         if not isinstance(turn, dict) or turn.get("from") != want or not isinstance(turn.get("value"), str):
-            raise ValueError(f"{where}: conversations[{t}]: expected {{'from': {want!r}, 'value': str}}, "
-                             f"got {turn!r}")
+            raise ValueError(
+                f"{where}: conversations[{t}]: expected {{'from': {want!r}, 'value': str}}, got {turn!r}"
+            )
         if not turn["value"].strip():
             raise ValueError(f"{where}: conversations[{t}].value is empty")
         if turn["from"] == "gpt" and (IMAGE_TOKEN in turn["value"] or OBJECT_TOKEN in turn["value"]):
-            raise ValueError(f"{where}: conversations[{t}] (gpt) contains an {IMAGE_TOKEN}/{OBJECT_TOKEN} token")
+            raise ValueError(
+                f"{where}: conversations[{t}] (gpt) contains an {IMAGE_TOKEN}/{OBJECT_TOKEN} token"
+            )
         for b, box in enumerate(parse_boxes(turn["value"])):
             x1, y1, x2, y2 = box.tolist()
             if not (0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1):
-                raise ValueError(f"{where}: conversations[{t}], box text {b}: expected 0 <= x1 <= x2 <= 1 and "
-                                 f"0 <= y1 <= y2 <= 1 (padded-square frame), got {box.tolist()}")
+                raise ValueError(
+                    f"{where}: conversations[{t}], box text {b}: expected 0 <= x1 <= x2 <= 1 and "
+                    f"0 <= y1 <= y2 <= 1 (padded-square frame), got {box.tolist()}"
+                )
     text = "".join(turn["value"] for turn in conv)
     if text.count(IMAGE_TOKEN) != len(images):
-        raise ValueError(f"{where}: field 'conversations': expected {len(images)} {IMAGE_TOKEN} token(s) "
-                         f"(one per image), found {text.count(IMAGE_TOKEN)}")
+        raise ValueError(
+            f"{where}: field 'conversations': expected {len(images)} {IMAGE_TOKEN} token(s) "
+            f"(one per image), found {text.count(IMAGE_TOKEN)}"
+        )
     objects = sample.get("objects") or []
     if not isinstance(objects, list):
-        raise ValueError(f"{where}: field 'objects': expected a list of [x1,y1,x2,y2], got {objects!r}")  # noqa: TRY004 (bad data, not a bad call)
+        raise ValueError(f"{where}: field 'objects': expected a list of [x1,y1,x2,y2], got {objects!r}")  # noqa: TRY004
     if text.count(OBJECT_TOKEN) != len(objects):
-        raise ValueError(f"{where}: field 'objects': expected one box per {OBJECT_TOKEN} token "
-                         f"({text.count(OBJECT_TOKEN)} tokens), got {len(objects)} boxes")
+        raise ValueError(
+            f"{where}: field 'objects': expected one box per {OBJECT_TOKEN} token "
+            f"({text.count(OBJECT_TOKEN)} tokens), got {len(objects)} boxes"
+        )
     if objects:
         if len(images) != 1:
             raise ValueError(f"{where}: field 'objects': object boxes need a single image, got {len(images)}")
@@ -92,7 +105,7 @@ def validate_sample(sample: Any, where: str, image_root: Path, sizes: dict[str, 
 def validate_samples(samples: Any, image_root: str | Path, source: str = "samples") -> int:
     """Check a list of training samples; return how many. Raises ``ValueError`` on the first problem."""
     if not isinstance(samples, list):
-        raise ValueError(f"{source}: expected a JSON list of samples, got {type(samples).__name__}")  # noqa: TRY004 (bad data, not a bad call)
+        raise ValueError(f"{source}: expected a JSON list of samples, got {type(samples).__name__}")  # noqa: TRY004
     root = Path(image_root)
     seen: set[str] = set()
     sizes: dict[str, tuple[int, int]] = {}

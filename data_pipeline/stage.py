@@ -41,8 +41,13 @@ class StageReport:
     pending: int = 0  # images left without a record (their requests failed); a rerun retries them
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "done_before": self.done_before, "written": self.written,
-                "errors": dict(self.errors), "pending": self.pending}
+        return {
+            "stage": self.stage,
+            "done_before": self.done_before,
+            "written": self.written,
+            "errors": dict(self.errors),
+            "pending": self.pending,
+        }
 
 
 @dataclass
@@ -64,8 +69,10 @@ class RunContext:
         """The predecessor's good records (no ``error``) for this shard, streamed in file order."""
         path = self.stage_path(PREVIOUS[stage])
         if not path.exists():
-            raise FileNotFoundError(f"stage {stage!r} reads {path}, which does not exist: run the "
-                                    f"{PREVIOUS[stage]!r} stage first (--stages {PREVIOUS[stage]},{stage})")
+            raise FileNotFoundError(
+                f"stage {stage!r} reads {path}, which does not exist: run the "
+                f"{PREVIOUS[stage]!r} stage first (--stages {PREVIOUS[stage]},{stage})"
+            )
         return lambda: (r for r in read_jsonl(path) if "error" not in r)
 
     def done_ids(self, stage: str) -> set[str]:
@@ -96,8 +103,9 @@ def split_pending(ctx: RunContext, stage: str, records: Records) -> tuple[Pendin
     return Pending(records, done, todo), report
 
 
-def run_sync_stage(ctx: RunContext, stage: str, records: Records,
-                   process: Callable[[dict[str, Any]], dict[str, Any]]) -> StageReport:
+def run_sync_stage(
+    ctx: RunContext, stage: str, records: Records, process: Callable[[dict[str, Any]], dict[str, Any]]
+) -> StageReport:
     """Apply ``process`` to each pending record, appending each result as soon as it is ready."""
     todo, report = split_pending(ctx, stage, records)
     if not todo.count:
@@ -124,8 +132,12 @@ async def image_and_url(ctx: RunContext, image_id: str) -> tuple[Image.Image, st
     return await asyncio.to_thread(load)
 
 
-def run_vlm_stage(ctx: RunContext, stage: str, records: Records,
-                  process: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> StageReport:
+def run_vlm_stage(
+    ctx: RunContext,
+    stage: str,
+    records: Records,
+    process: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]],
+) -> StageReport:
     """Run the coroutine ``process`` on pending records concurrently (the VLM client bounds requests)."""
     todo, report = split_pending(ctx, stage, records)
     if not todo.count:
@@ -137,6 +149,7 @@ def run_vlm_stage(ctx: RunContext, stage: str, records: Records,
     async def main() -> None:
         pending = iter(todo)
         with JsonlWriter(ctx.stage_path(stage)) as out, tqdm(total=todo.count, desc=stage, unit="img") as bar:
+
             async def worker() -> None:
                 # a fixed pool of workers keeps at most `workers` images (decoded and base64-encoded) in
                 # memory however many images the stage has; the VLM client bounds the requests in flight

@@ -52,5 +52,7 @@ class Templates:
         try:
             return Template(line).substitute({k: str(v) for k, v in values.items()})
         except KeyError as exc:
-            raise KeyError(f"{self._path(f'questions/{name}.txt')}: template {line!r} uses ${exc.args[0]}, "
-                           f"which this family does not provide") from None
+            raise KeyError(
+                f"{self._path(f'questions/{name}.txt')}: template {line!r} uses ${exc.args[0]}, "
+                f"which this family does not provide"
+            ) from None

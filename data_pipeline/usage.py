@@ -23,8 +23,10 @@ class Prices:
 
     def __post_init__(self) -> None:
         if self.input_per_mtok < 0 or self.output_per_mtok < 0:
-            raise ValueError(f"prices must be >= 0; got input {self.input_per_mtok}, "
-                             f"output {self.output_per_mtok} (--price-input / --price-output)")
+            raise ValueError(
+                f"prices must be >= 0; got input {self.input_per_mtok}, "
+                f"output {self.output_per_mtok} (--price-input / --price-output)"
+            )
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
@@ -43,8 +45,9 @@ class UsageTotals:
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
         self.cost_usd += cost
-        s = self.by_stage.setdefault(stage, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                                             "cost_usd": 0.0})
+        s = self.by_stage.setdefault(
+            stage, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+        )
         s["requests"] += 1
         s["prompt_tokens"] += prompt_tokens
         s["completion_tokens"] += completion_tokens
@@ -60,25 +63,48 @@ class UsageLog:
         self.totals = UsageTotals()
         self._writer: JsonlWriter | None = None
 
-    def record(self, *, image_id: str, stage: str, req_hash: str, model: str, prompt_tokens: int,
-               completion_tokens: int, latency_s: float, attempts: int) -> float:
+    def record(
+        self,
+        *,
+        image_id: str,
+        stage: str,
+        req_hash: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency_s: float,
+        attempts: int,
+    ) -> float:
         cost = self.prices.cost(prompt_tokens, completion_tokens)
         if self._writer is None:
             self._writer = JsonlWriter(self.path)
-        self._writer.write({
-            "time": round(time.time(), 3), "image_id": image_id, "stage": stage, "request_hash": req_hash,
-            "model": model, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens, "cost_usd": round(cost, 8),
-            "latency_s": round(latency_s, 3), "attempts": attempts,
-        })
+        self._writer.write(
+            {
+                "time": round(time.time(), 3),
+                "image_id": image_id,
+                "stage": stage,
+                "request_hash": req_hash,
+                "model": model,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "cost_usd": round(cost, 8),
+                "latency_s": round(latency_s, 3),
+                "attempts": attempts,
+            }
+        )
         self.totals.add(stage, prompt_tokens, completion_tokens, cost)
         return cost
 
     def all_time(self) -> UsageTotals:
         totals = UsageTotals()
         for rec in read_jsonl(self.path):
-            totals.add(rec.get("stage", "?"), int(rec.get("prompt_tokens", 0)),
-                       int(rec.get("completion_tokens", 0)), float(rec.get("cost_usd", 0.0)))
+            totals.add(
+                rec.get("stage", "?"),
+                int(rec.get("prompt_tokens", 0)),
+                int(rec.get("completion_tokens", 0)),
+                float(rec.get("cost_usd", 0.0)),
+            )
         return totals
 
     def close(self) -> None:
@@ -88,6 +114,10 @@ class UsageLog:
 
     def summary(self) -> dict[str, Any]:
         t = self.totals
-        return {"requests": t.requests, "prompt_tokens": t.prompt_tokens,
-                "completion_tokens": t.completion_tokens, "cost_usd": round(t.cost_usd, 6),
-                "by_stage": t.by_stage}
+        return {
+            "requests": t.requests,
+            "prompt_tokens": t.prompt_tokens,
+            "completion_tokens": t.completion_tokens,
+            "cost_usd": round(t.cost_usd, 6),
+            "by_stage": t.by_stage,
+        }

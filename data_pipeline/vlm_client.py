@@ -111,8 +111,9 @@ def image_data_url(image: Image.Image, max_side: int) -> str:
     img = image.convert("RGB")
     scale = max_side / max(img.size)
     if scale < 1:
-        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.Resampling.BICUBIC)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BICUBIC
+        )
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -138,8 +139,13 @@ def _retry_after_seconds(exc: openai.APIStatusError) -> float | None:
 class VLMClient:
     """Async VLM access with caching, retries, usage logging and JSON repair (see module docstring)."""
 
-    def __init__(self, settings: VLMSettings, cache: AnswerCache, usage: UsageLog,
-                 client: openai.AsyncOpenAI | None = None):
+    def __init__(
+        self,
+        settings: VLMSettings,
+        cache: AnswerCache,
+        usage: UsageLog,
+        client: openai.AsyncOpenAI | None = None,
+    ):
         self.settings = settings
         self.cache = cache
         self.usage = usage
@@ -151,12 +157,16 @@ class VLMClient:
         if self._client is None:
             key = os.environ.get(self.settings.api_key_env)
             if not key:
-                logger.warning("$%s is not set: sending requests without an API key (fine for local "
-                               "servers such as vLLM; hosted APIs will answer 401)", self.settings.api_key_env)
+                logger.warning(
+                    "$%s is not set: sending requests without an API key (fine for local "
+                    "servers such as vLLM; hosted APIs will answer 401)",
+                    self.settings.api_key_env,
+                )
                 key = "not-set"
             # Retries are ours (counted, logged, Retry-After aware), so the SDK's own are switched off.
-            self._client = openai.AsyncOpenAI(api_key=key, base_url=self.settings.base_url,
-                                              timeout=self.settings.timeout_s, max_retries=0)
+            self._client = openai.AsyncOpenAI(
+                api_key=key, base_url=self.settings.base_url, timeout=self.settings.timeout_s, max_retries=0
+            )
         return self._client
 
     def _sem(self) -> asyncio.Semaphore:
@@ -167,13 +177,17 @@ class VLMClient:
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.settings.backoff_max_s)
-        ceiling = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** attempt)
+        ceiling = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2**attempt)
         return ceiling * (0.5 + random.random() / 2)  # jitter in [ceiling/2, ceiling]
 
     async def ask(self, image_id: str, stage: str, messages: list[dict[str, Any]]) -> str:
         """The model's answer text for ``messages``: from the cache, or requested (and cached at once)."""
-        payload = {"model": self.settings.model, "messages": messages,
-                   "temperature": self.settings.temperature, "max_tokens": self.settings.max_tokens}
+        payload = {
+            "model": self.settings.model,
+            "messages": messages,
+            "temperature": self.settings.temperature,
+            "max_tokens": self.settings.max_tokens,
+        }
         req_hash = request_hash(payload)
         cached = self.cache.get(image_id, stage, req_hash)
         if cached is not None:
@@ -212,8 +226,10 @@ class VLMClient:
                     ) from None
                 if exc.status_code < 500 and exc.status_code not in (408, 409):
                     self.stats["failed"] += 1
-                    raise VLMUnavailable(f"{image_id} [{stage}]: the endpoint rejected the request with "
-                                         f"{exc.status_code}; not retried") from None
+                    raise VLMUnavailable(
+                        f"{image_id} [{stage}]: the endpoint rejected the request with "
+                        f"{exc.status_code}; not retried"
+                    ) from None
                 self.stats["server_errors"] += 1
                 retry_after = _retry_after_seconds(exc)
                 reason = f"HTTP {exc.status_code}"
@@ -222,25 +238,41 @@ class VLMClient:
                 answer = (choice.message.content or "") if choice is not None else ""
                 finish = choice.finish_reason if choice is not None else None
                 # Persist before anything else: a kill from here on costs nothing on restart.
-                self.cache.put(image_id, stage, req_hash, answer, model=self.settings.model,
-                               finish_reason=finish)
+                self.cache.put(
+                    image_id, stage, req_hash, answer, model=self.settings.model, finish_reason=finish
+                )
                 usage = response.usage
-                self.usage.record(image_id=image_id, stage=stage, req_hash=req_hash, model=self.settings.model,
-                                  prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-                                  completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-                                  latency_s=time.monotonic() - start, attempts=attempt + 1)
+                self.usage.record(
+                    image_id=image_id,
+                    stage=stage,
+                    req_hash=req_hash,
+                    model=self.settings.model,
+                    prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                    completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                    latency_s=time.monotonic() - start,
+                    attempts=attempt + 1,
+                )
                 self.stats["answered"] += 1
                 return answer
             if attempt == self.settings.max_retries:
                 break
             delay = self._backoff(attempt, retry_after)
             self.stats["retries"] += 1
-            logger.info("%s [%s]: %s; retry %d/%d in %.2f s", image_id, stage, reason, attempt + 1,
-                        self.settings.max_retries, delay)
+            logger.info(
+                "%s [%s]: %s; retry %d/%d in %.2f s",
+                image_id,
+                stage,
+                reason,
+                attempt + 1,
+                self.settings.max_retries,
+                delay,
+            )
             await asyncio.sleep(delay)
         self.stats["failed"] += 1
-        raise VLMUnavailable(f"{image_id} [{stage}]: no answer after {self.settings.max_retries + 1} attempts "
-                             f"(last: {reason}); the image stays pending and a rerun will try again")
+        raise VLMUnavailable(
+            f"{image_id} [{stage}]: no answer after {self.settings.max_retries + 1} attempts "
+            f"(last: {reason}); the image stays pending and a rerun will try again"
+        )
 
     async def ask_json(self, image_id: str, stage: str, messages: list[dict[str, Any]]) -> ParsedAnswer:
         """:meth:`ask`, then parse the answer as JSON (repaired if needed). Raises ``MalformedAnswer``."""

@@ -22,31 +22,50 @@ def test_register_adds_pipeline_with_a_handler() -> None:
     args = parser.parse_args(["pipeline", "--images", "a", "--out", "b", "--shard", "1/4"])
     assert callable(args.func) and args.shard == "1/4" and args.box_threshold == 0.35
     text = parser._subparsers._group_actions[0].choices["pipeline"].format_help()
-    for flag in ("--stages", "--concurrency", "--shard", "--base-url", "--model", "--grounding-model",
-                 "--box-threshold", "--price-input", "--api-key-env"):
+    for flag in (
+        "--stages",
+        "--concurrency",
+        "--shard",
+        "--base-url",
+        "--model",
+        "--grounding-model",
+        "--box-threshold",
+        "--price-input",
+        "--api-key-env",
+    ):
         assert flag in text
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--shard", "4/4"], "--shard i/n needs 0 <= i < n"),
-    (["--shard", "two"], "--shard must look like i/n"),
-    (["--stages", "recognise,paint"], "unknown stage(s) ['paint']"),
-    (["--concurrency", "0"], "--concurrency must be >= 1"),
-    (["--base-url", "localhost:8000"], "--base-url must start with http"),
-    (["--box-threshold", "2"], "--box-threshold must lie in [0, 1]; got 2.0"),
-    (["--max-option-iou", "1.5"], "--max-option-iou must lie in [0, 1]"),
-])
-def test_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--shard", "4/4"], "--shard i/n needs 0 <= i < n"),
+        (["--shard", "two"], "--shard must look like i/n"),
+        (["--stages", "recognise,paint"], "unknown stage(s) ['paint']"),
+        (["--concurrency", "0"], "--concurrency must be >= 1"),
+        (["--base-url", "localhost:8000"], "--base-url must start with http"),
+        (["--box-threshold", "2"], "--box-threshold must lie in [0, 1]; got 2.0"),
+        (["--max-option-iou", "1.5"], "--max-option-iou must lie in [0, 1]"),
+    ],
+)
+def test_argument_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    rc = main(["pipeline", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--stages", "ground",
-               *argv])
+    rc = main(
+        ["pipeline", "--images", str(tmp_path), "--out", str(tmp_path / "out"), "--stages", "ground", *argv]
+    )
     assert rc == 2
     assert message in capsys.readouterr().err
 
 
-def test_a_stage_without_its_input_says_which_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_stage_without_its_input_says_which_to_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
-    assert main(["pipeline", "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--stages", "filter"]) == 1
+    assert (
+        main(["pipeline", "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--stages", "filter"]) == 1
+    )
     assert "run the 'qa' stage first" in capsys.readouterr().err
 
 
@@ -76,16 +95,23 @@ def test_settings_from_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("TINYGG_VLM_MODEL", "qwen-vl")
     monkeypatch.setenv("TINYGG_VLM_PRICE_INPUT", "1.5")
     s = VLMSettings.from_env(concurrency=None, model=None)
-    assert (s.base_url, s.model, s.concurrency, s.prices.input_per_mtok) == ("http://vlm.local:8000/v1", "qwen-vl",
-                                                                              4, 1.5)
+    assert (s.base_url, s.model, s.concurrency, s.prices.input_per_mtok) == (
+        "http://vlm.local:8000/v1",
+        "qwen-vl",
+        4,
+        1.5,
+    )
     s = VLMSettings.from_env(model="gpt-4o-mini", prices=Prices(0.1, 0.2))
     assert s.model == "gpt-4o-mini" and s.prices.output_per_mtok == 0.2
     assert "key" not in repr(s).replace("api_key_env", "")  # the key is not a setting
 
 
 def test_backoff_honours_retry_after_doubles_and_caps(tmp_path: Path) -> None:
-    client = VLMClient(VLMSettings(backoff_base_s=1.0, backoff_max_s=5.0), AnswerCache(tmp_path / "a.jsonl"),
-                       UsageLog(tmp_path / "u.jsonl", Prices()))
+    client = VLMClient(
+        VLMSettings(backoff_base_s=1.0, backoff_max_s=5.0),
+        AnswerCache(tmp_path / "a.jsonl"),
+        UsageLog(tmp_path / "u.jsonl", Prices()),
+    )
     assert client._backoff(0, retry_after=2.5) == 2.5
     assert client._backoff(3, retry_after=100.0) == 5.0
     for attempt, ceiling in ((0, 1.0), (1, 2.0), (2, 4.0), (5, 5.0)):

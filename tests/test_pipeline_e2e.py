@@ -51,10 +51,13 @@ OBJECT_LINE = re.compile(r"^(o\d+): (.*?) \[", re.MULTILINE)
 
 
 def _stage_of(text: str) -> str:
-    for marker, stage in (("Task: object recognition", "recognise"), ("Task: relation extraction", "relate"),
-                          ("Task: fine-grained grounding data", "fine_grained"),
-                          ("Task: multi-round grounding conversation", "conversation"),
-                          ("Task: grounding description", "description")):
+    for marker, stage in (
+        ("Task: object recognition", "recognise"),
+        ("Task: relation extraction", "relate"),
+        ("Task: fine-grained grounding data", "fine_grained"),
+        ("Task: multi-round grounding conversation", "conversation"),
+        ("Task: grounding description", "description"),
+    ):
         if marker in text:
             return stage
     raise AssertionError(f"unexpected prompt: {text[:200]}")
@@ -70,19 +73,36 @@ def _answer(stage: str, text: str, image: Image.Image) -> str:
         rels = [[a, "next to", b] for a, b in itertools.pairwise(ids)][:4] + [[ids[0], "holding", "o999"]]
         return json.dumps({"relations": rels})
     if stage == "fine_grained":
-        return json.dumps({
-            "expressions": {i: f"the {names[i]} number {k}" for k, i in enumerate(ids)},
-            "qas": [{"question": f"What is next to {{{ids[0]}}}?", "answer": f"{{{ids[1]}}} is next to it."},
+        return json.dumps(
+            {
+                "expressions": {i: f"the {names[i]} number {k}" for k, i in enumerate(ids)},
+                "qas": [
+                    {"question": f"What is next to {{{ids[0]}}}?", "answer": f"{{{ids[1]}}} is next to it."},
                     {"question": f"Is {{{ids[1]}}} near {{{ids[2]}}}?", "answer": "Yes, they touch."},
                     {"question": "A question without any mark?", "answer": "dropped"},
-                    {"question": "What about {o999}?", "answer": "dropped too"}]})
+                    {"question": "What about {o999}?", "answer": "dropped too"},
+                ],
+            }
+        )
     if stage == "conversation":
-        return json.dumps({"conversation": [
-            {"question": f"Where is the {names[ids[0]]}?", "answer": f"The {names[ids[0]]} {{{ids[0]}}} is here."},
-            {"question": "What is next to it?", "answer": f"The {names[ids[1]]} {{{ids[1]}}}."}]})
+        return json.dumps(
+            {
+                "conversation": [
+                    {
+                        "question": f"Where is the {names[ids[0]]}?",
+                        "answer": f"The {names[ids[0]]} {{{ids[0]}}} is here.",
+                    },
+                    {"question": "What is next to it?", "answer": f"The {names[ids[1]]} {{{ids[1]}}}."},
+                ]
+            }
+        )
     if stage == "description":
-        return json.dumps({"description": f"A photo with a {names[ids[0]]} {{{ids[0]}}} beside a "
-                                          f"{names[ids[1]]} {{{ids[1]}}}."})
+        return json.dumps(
+            {
+                "description": f"A photo with a {names[ids[0]]} {{{ids[0]}}} beside a "
+                f"{names[ids[1]]} {{{ids[1]}}}."
+            }
+        )
     raise AssertionError(stage)
 
 
@@ -169,8 +189,11 @@ class ScriptedVLM:
             return handler._send(503, {"error": {"message": "shutting down"}})
         self.statuses[action] += 1
         if action == 429:
-            return handler._send(429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}},
-                                 {"Retry-After": "0.05"})
+            return handler._send(
+                429,
+                {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}},
+                {"Retry-After": "0.05"},
+            )
         if action == 500:
             return handler._send(500, {"error": {"message": "internal error", "type": "server_error"}})
         if action == "hang":
@@ -183,12 +206,23 @@ class ScriptedVLM:
             answer = "I am sorry, I cannot describe this image {{{"
         with self.lock:
             self.answered[key] += 1
-        handler._send(200, {
-            "id": f"chatcmpl-{key[:8]}", "object": "chat.completion", "created": int(time.time()),
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": len(text) // 4 + 85, "completion_tokens": len(answer) // 4,
-                      "total_tokens": len(text) // 4 + 85 + len(answer) // 4}})
+        handler._send(
+            200,
+            {
+                "id": f"chatcmpl-{key[:8]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+                ],
+                "usage": {
+                    "prompt_tokens": len(text) // 4 + 85,
+                    "completion_tokens": len(answer) // 4,
+                    "total_tokens": len(text) // 4 + 85 + len(answer) // 4,
+                },
+            },
+        )
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -211,11 +245,42 @@ def tiny_gdino(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _argv(photos: Path, out: Path, gdino: Path, base_url: str, *extra: str) -> list[str]:
-    return ["pipeline", "--images", str(photos), "--out", str(out), "--base-url", base_url, "--model", "test-vlm",
-            "--grounding-model", str(gdino), "--box-threshold", "0.05", "--text-threshold", "0.0",
-            "--max-instances", "30", "--min-score", "0.05", "--min-object-area", "0.0005",
-            "--max-object-area", "0.95", "--max-option-iou", "0.9", "--timeout", "1.0", "--backoff", "0.05",
-            "--price-input", "2.5", "--price-output", "10", *extra]
+    return [
+        "pipeline",
+        "--images",
+        str(photos),
+        "--out",
+        str(out),
+        "--base-url",
+        base_url,
+        "--model",
+        "test-vlm",
+        "--grounding-model",
+        str(gdino),
+        "--box-threshold",
+        "0.05",
+        "--text-threshold",
+        "0.0",
+        "--max-instances",
+        "30",
+        "--min-score",
+        "0.05",
+        "--min-object-area",
+        "0.0005",
+        "--max-object-area",
+        "0.95",
+        "--max-option-iou",
+        "0.9",
+        "--timeout",
+        "1.0",
+        "--backoff",
+        "0.05",
+        "--price-input",
+        "2.5",
+        "--price-output",
+        "10",
+        *extra,
+    ]
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -229,14 +294,23 @@ def _files_text(out: Path) -> str:
 # --------------------------------------------------------------------------------------------- tests
 
 
-def test_end_to_end_every_family_faults_and_rerun(photos: Path, tiny_gdino: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str],
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_end_to_end_every_family_faults_and_rerun(
+    photos: Path,
+    tiny_gdino: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     caplog.set_level("DEBUG")
-    faults = {("recognise", 0): [429, 500], ("recognise", 1): ["fenced"], ("relate", 0): ["hang"],
-              ("description", 0): ["garbage"], ("fine_grained", 2): [429]}
+    faults = {
+        ("recognise", 0): [429, 500],
+        ("recognise", 1): ["fenced"],
+        ("relate", 0): ["hang"],
+        ("description", 0): ["garbage"],
+        ("fine_grained", 2): [429],
+    }
     out = tmp_path / "out"
     with ScriptedVLM(faults) as vlm:
         assert cli_main(_argv(photos, out, tiny_gdino, vlm.base_url, "--concurrency", "3")) == 0
@@ -257,9 +331,12 @@ def test_end_to_end_every_family_faults_and_rerun(photos: Path, tiny_gdino: Path
         usage = [json.loads(line) for line in (out / "usage.jsonl").read_text().splitlines()]
         assert len(usage) == 15
         for u in usage:
-            assert u["cost_usd"] == pytest.approx((u["prompt_tokens"] * 2.5 + u["completion_tokens"] * 10) / 1e6)
-        assert summary["vlm"]["usage_this_run"]["cost_usd"] == pytest.approx(sum(u["cost_usd"] for u in usage),
-                                                                               abs=1e-5)
+            assert u["cost_usd"] == pytest.approx(
+                (u["prompt_tokens"] * 2.5 + u["completion_tokens"] * 10) / 1e6
+            )
+        assert summary["vlm"]["usage_this_run"]["cost_usd"] == pytest.approx(
+            sum(u["cost_usd"] for u in usage), abs=1e-5
+        )
         assert summary["vlm"]["usage_this_run"]["cost_usd"] > 0
 
         # the export: valid training data with every sample family
@@ -295,45 +372,91 @@ def test_end_to_end_every_family_faults_and_rerun(photos: Path, tiny_gdino: Path
     assert KEY not in _files_text(out)
 
 
-def test_bad_key_stops_the_run_with_a_clear_error(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_key_stops_the_run_with_a_clear_error(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-key-123456")
     with ScriptedVLM() as vlm:
-        rc = cli_main(["pipeline", "--images", str(photos), "--out", str(tmp_path / "o"), "--base-url",
-                       vlm.base_url, "--stages", "recognise", "--backoff", "0.01", "--concurrency", "1"])
+        rc = cli_main(
+            [
+                "pipeline",
+                "--images",
+                str(photos),
+                "--out",
+                str(tmp_path / "o"),
+                "--base-url",
+                vlm.base_url,
+                "--stages",
+                "recognise",
+                "--backoff",
+                "0.01",
+                "--concurrency",
+                "1",
+            ]
+        )
         err = capsys.readouterr().err
     assert rc == 1 and "answered 401" in err and "OPENAI_API_KEY" in err
     assert "sk-wrong-key-123456" not in err
     assert vlm.auth_failures == 1  # not retried, and the run stopped at the first refusal
 
 
-def test_a_corrupt_image_gets_an_error_record_and_the_others_go_on(photos: Path, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_corrupt_image_gets_an_error_record_and_the_others_go_on(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     images = tmp_path / "images"
     images.mkdir()
     (images / "astronaut.png").write_bytes((photos / "astronaut.png").read_bytes())
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     with ScriptedVLM() as vlm:
-        assert cli_main(["pipeline", "--images", str(images), "--out", str(tmp_path / "o"), "--base-url",
-                         vlm.base_url, "--stages", "recognise"]) == 0
+        assert (
+            cli_main(
+                [
+                    "pipeline",
+                    "--images",
+                    str(images),
+                    "--out",
+                    str(tmp_path / "o"),
+                    "--base-url",
+                    vlm.base_url,
+                    "--stages",
+                    "recognise",
+                ]
+            )
+            == 0
+        )
         capsys.readouterr()
     records = {r["image_id"]: r for r in _records(tmp_path / "o" / "recognise.jsonl")}
-    assert records["broken.png"]["error"].startswith("unreadable image:") and "broken.png" in records["broken.png"]["error"]
+    assert (
+        records["broken.png"]["error"].startswith("unreadable image:")
+        and "broken.png" in records["broken.png"]["error"]
+    )
     assert records["astronaut.png"]["names"] == NAMES_BY_SIZE[(512, 512)]
     assert sum(vlm.answered.values()) == 1
 
 
-def test_server_down_leaves_images_pending_and_a_rerun_finishes(photos: Path, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_server_down_leaves_images_pending_and_a_rerun_finishes(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     out = tmp_path / "o"
     faults = {("recognise", i): [500, 500, 500] for i in range(3)}
     with ScriptedVLM(faults) as vlm:
-        argv = ["pipeline", "--images", str(photos), "--out", str(out), "--base-url", vlm.base_url,
-                "--stages", "recognise", "--max-retries", "1", "--backoff", "0.01"]
+        argv = [
+            "pipeline",
+            "--images",
+            str(photos),
+            "--out",
+            str(out),
+            "--base-url",
+            vlm.base_url,
+            "--stages",
+            "recognise",
+            "--max-retries",
+            "1",
+            "--backoff",
+            "0.01",
+        ]
         assert cli_main(argv) == 3  # every image failed twice (1 retry): pending, exit 3
         assert _records(out / "recognise.jsonl") == []
         assert cli_main(argv) == 0  # third attempt still fails, the retry (fourth) is answered
@@ -343,19 +466,33 @@ def test_server_down_leaves_images_pending_and_a_rerun_finishes(photos: Path, tm
     assert sorted(vlm.answered.values()) == [1, 1, 1]
 
 
-def test_killed_run_resumes_without_repeating_a_request(photos: Path, tiny_gdino: Path, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_killed_run_resumes_without_repeating_a_request(
+    photos: Path,
+    tiny_gdino: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     out = tmp_path / "out"
-    env = {**os.environ, "OPENAI_API_KEY": KEY, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OPENAI_API_KEY": KEY,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     with ScriptedVLM({("recognise", 1): [429]}) as vlm:
         # 3 recognise + 3 relate + 1 qa answer, then the server stops answering: the image of that qa
         # answer has no qa record yet (its other two requests are unanswered), so the answer is only cached
         vlm.block_after = 7
         argv = _argv(photos, out, tiny_gdino, vlm.base_url, "--concurrency", "2")
-        proc = subprocess.Popen([sys.executable, "-m", "data_pipeline.cli", *argv], env=env, cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "data_pipeline.cli", *argv],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 120
             answers = out / "answers.jsonl"
@@ -394,9 +531,13 @@ def test_killed_run_resumes_without_repeating_a_request(photos: Path, tiny_gdino
     assert KEY not in _files_text(out)
 
 
-def test_shards_write_apart_and_export_merges_them(photos: Path, tiny_gdino: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_shards_write_apart_and_export_merges_them(
+    photos: Path,
+    tiny_gdino: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     out = tmp_path / "out"
     with ScriptedVLM() as vlm:

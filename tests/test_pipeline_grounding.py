@@ -14,14 +14,41 @@ from data_pipeline.grounding import GroundingDetector, _phrase_spans
 from data_pipeline.tiny_grounding import build_tiny_grounding_dino
 from tinygg.boxes import box_iou
 
-NAMES = ["cup", "saucer", "spoon", "table", "white plate", "coffee", "handle", "shadow", "napkin", "sugar",
-         "milk", "foam", "rim", "light", "wood", "leaf", "pattern", "edge", "steam", "corner", "left side",
-         "right side", "top", "bottom", "background", "glass"]
+NAMES = [
+    "cup",
+    "saucer",
+    "spoon",
+    "table",
+    "white plate",
+    "coffee",
+    "handle",
+    "shadow",
+    "napkin",
+    "sugar",
+    "milk",
+    "foam",
+    "rim",
+    "light",
+    "wood",
+    "leaf",
+    "pattern",
+    "edge",
+    "steam",
+    "corner",
+    "left side",
+    "right side",
+    "top",
+    "bottom",
+    "background",
+    "glass",
+]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_grounding_dino(tmp_path_factory.mktemp("gd") / "tiny", words=[w for n in NAMES for w in n.split()])
+    return build_tiny_grounding_dino(
+        tmp_path_factory.mktemp("gd") / "tiny", words=[w for n in NAMES for w in n.split()]
+    )
 
 
 @pytest.fixture(scope="module")

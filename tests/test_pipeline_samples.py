@@ -23,11 +23,17 @@ W, H = 640, 480
 
 
 def _record() -> dict[str, Any]:
-    return {"image_id": "img.jpg", "width": W, "height": H, "objects": [
-        {"id": "o1", "name": "man", "box": [100.0, 50.0, 300.0, 460.0], "score": 0.9},
-        {"id": "o2", "name": "dog", "box": [350.0, 300.0, 500.0, 470.0], "score": 0.8},
-        {"id": "o3", "name": "dog", "box": [520.0, 320.0, 630.0, 470.0], "score": 0.2},
-        {"id": "o4", "name": "ball", "box": [10.0, 10.0, 40.0, 40.0], "score": 0.7}]}
+    return {
+        "image_id": "img.jpg",
+        "width": W,
+        "height": H,
+        "objects": [
+            {"id": "o1", "name": "man", "box": [100.0, 50.0, 300.0, 460.0], "score": 0.9},
+            {"id": "o2", "name": "dog", "box": [350.0, 300.0, 500.0, 470.0], "score": 0.8},
+            {"id": "o3", "name": "dog", "box": [520.0, 320.0, 630.0, 470.0], "score": 0.2},
+            {"id": "o4", "name": "ball", "box": [10.0, 10.0, 40.0, 40.0], "score": 0.7},
+        ],
+    }
 
 
 def _object_count(sample: dict[str, Any]) -> int:
@@ -55,7 +61,9 @@ def test_render_marks_as_box_text_or_object_images() -> None:
 
 def test_object_families_tokens_boxes_and_answers() -> None:
     rec = _record()
-    exprs = families.parse_expressions({"expressions": {"o2": "the dog in the middle", "o3": "the {o1} dog"}}, rec)
+    exprs = families.parse_expressions(
+        {"expressions": {"o2": "the dog in the middle", "o3": "the {o1} dog"}}, rec
+    )
     # o3's expression contains a mark: refused; "dog" is ambiguous, so o3 gets no words at all
     assert exprs == {"o1": "the man", "o2": "the dog in the middle", "o4": "the ball"}
     samples = families.object_families(rec, exprs, Templates(), seed=0)
@@ -80,53 +88,92 @@ def test_object_families_tokens_boxes_and_answers() -> None:
 
 def test_relation_conversation_description_families() -> None:
     rec = _record()
-    qas, dropped = families.relation_qa_family({"qas": [
-        {"question": "What is {o1} throwing?", "answer": "He throws {o4}."},
-        {"question": "no mark", "answer": "x"}, {"question": "{o7}?", "answer": "x"}, "junk"]}, rec)
+    qas, dropped = families.relation_qa_family(
+        {
+            "qas": [
+                {"question": "What is {o1} throwing?", "answer": "He throws {o4}."},
+                {"question": "no mark", "answer": "x"},
+                {"question": "{o7}?", "answer": "x"},
+                "junk",
+            ]
+        },
+        rec,
+    )
     assert len(qas) == 1 and dropped == 3
     assert qas[0]["objects"] == [rec["objects"][0]["box"]] and qas[0]["refs"] == ["o1", "o4"]
     assert box_text(rec["objects"][3]["box"], W, H) in qas[0]["conversations"][1]["value"]
-    conv = families.conversation_family({"conversation": [
-        {"question": "Who is there?", "answer": "A man {o1}."}, {"question": "And?", "answer": "A dog {o2}."}]}, rec)
+    conv = families.conversation_family(
+        {
+            "conversation": [
+                {"question": "Who is there?", "answer": "A man {o1}."},
+                {"question": "And?", "answer": "A dog {o2}."},
+            ]
+        },
+        rec,
+    )
     assert len(conv) == 1 and len(conv[0]["conversations"]) == 4 and conv[0]["objects"] == []
-    assert families.conversation_family({"conversation": [{"question": "q", "answer": "no marks"}]}, rec) == []
+    assert (
+        families.conversation_family({"conversation": [{"question": "q", "answer": "no marks"}]}, rec) == []
+    )
     with pytest.raises(MalformedAnswer):
         families.conversation_family({"talk": []}, rec)
-    desc = families.description_family({"description": "A man {o1} plays with a dog {o2}."}, rec, Templates(), 0)
+    desc = families.description_family(
+        {"description": "A man {o1} plays with a dog {o2}."}, rec, Templates(), 0
+    )
     assert desc[0]["refs"] == ["o1", "o2"]
     with pytest.raises(MalformedAnswer):
         families.description_family({"description": "A cat {o9}."}, rec, Templates(), 0)
 
 
 def test_parse_relations_keeps_valid_unique_triples() -> None:
-    rels, dropped = parse_relations({"relations": [["o1", "holding", "o4"], ["o1", "holding", "o4"],
-                                                   {"subject": "o2", "relation": "near", "object": "o3"},
-                                                   ["o1", "on", "o1"], ["o1", "on", "o9"], ["o1", "o2"]]},
-                                    {"o1", "o2", "o3", "o4"})
+    rels, dropped = parse_relations(
+        {
+            "relations": [
+                ["o1", "holding", "o4"],
+                ["o1", "holding", "o4"],
+                {"subject": "o2", "relation": "near", "object": "o3"},
+                ["o1", "on", "o1"],
+                ["o1", "on", "o9"],
+                ["o1", "o2"],
+            ]
+        },
+        {"o1", "o2", "o3", "o4"},
+    )
     assert rels == [["o1", "holding", "o4"], ["o2", "near", "o3"]] and dropped == 4
     with pytest.raises(MalformedAnswer):
         parse_relations({"relations": "none"}, {"o1"})
 
 
-@pytest.mark.parametrize(("objects", "refs", "text", "reason"), [
-    ([[100, 50, 300, 460]], ["o1"], "", None),
-    ([[10, 10, 14, 14]], ["o4"], "", "object_too_small"),  # 4 px side
-    ([[0, 0, 640, 480]], ["o1"], "", "object_too_large"),
-    ([[100, 50, 300, 460], [110, 60, 300, 460]], ["o1", "o2"], "", "overlapping_object_images"),
-    ([[520, 320, 630, 470]], ["o3"], "", "low_confidence"),
-    ([], ["o1"], "[0.1,0.1,0.2,0.2] " * 13, "too_many_boxes"),
-    ([[600, 400, 700, 470]], ["o1"], "", "box_outside_image"),
-])
+@pytest.mark.parametrize(
+    ("objects", "refs", "text", "reason"),
+    [
+        ([[100, 50, 300, 460]], ["o1"], "", None),
+        ([[10, 10, 14, 14]], ["o4"], "", "object_too_small"),  # 4 px side
+        ([[0, 0, 640, 480]], ["o1"], "", "object_too_large"),
+        ([[100, 50, 300, 460], [110, 60, 300, 460]], ["o1", "o2"], "", "overlapping_object_images"),
+        ([[520, 320, 630, 470]], ["o3"], "", "low_confidence"),
+        ([], ["o1"], "[0.1,0.1,0.2,0.2] " * 13, "too_many_boxes"),
+        ([[600, 400, 700, 470]], ["o1"], "", "box_outside_image"),
+    ],
+)
 def test_filters(objects: list[list[float]], refs: list[str], text: str, reason: str | None) -> None:
-    sample = {"family": "x", "objects": objects, "refs": refs,
-              "conversations": [{"from": "human", "value": "<image>\nq" + "<object>" * len(objects)},
-                                {"from": "gpt", "value": text or "a"}]}
+    sample = {
+        "family": "x",
+        "objects": objects,
+        "refs": refs,
+        "conversations": [
+            {"from": "human", "value": "<image>\nq" + "<object>" * len(objects)},
+            {"from": "gpt", "value": text or "a"},
+        ],
+    }
     assert drop_reason(sample, _record(), FilterSettings(min_score=0.35, max_boxes=12)) == reason
 
 
 def test_ambiguous_name_filter_and_settings_validation() -> None:
     rec = _record()
-    rec["objects"] += [{"id": f"o{k}", "name": "dog", "box": [1, 1, 50, 50], "score": 0.9} for k in range(5, 9)]
+    rec["objects"] += [
+        {"id": f"o{k}", "name": "dog", "box": [1, 1, 50, 50], "score": 0.9} for k in range(5, 9)
+    ]
     sample = {"objects": [], "refs": ["o2"], "conversations": [{"from": "human", "value": "q"}]}
     assert drop_reason(sample, rec, FilterSettings(max_instances=5)) == "ambiguous_name"  # 6 dogs
     assert drop_reason(sample, rec, FilterSettings(max_instances=6)) is None
@@ -138,21 +185,46 @@ def _good(root: Path) -> list[dict[str, Any]]:
     Image.new("RGB", (W, H)).save(root / "img.jpg")
     rec = _record()
     sample = families.object_families(rec, {"o1": "the man"}, Templates(), 0)[0]
-    return [training_sample(rec, 0, sample),
-            {"id": "b", "image": "img.jpg", "conversations": [{"from": "human", "value": "<image>\nhi"},
-                                                                {"from": "gpt", "value": "[0.1,0.2,0.3,0.4]"}]}]
+    return [
+        training_sample(rec, 0, sample),
+        {
+            "id": "b",
+            "image": "img.jpg",
+            "conversations": [
+                {"from": "human", "value": "<image>\nhi"},
+                {"from": "gpt", "value": "[0.1,0.2,0.3,0.4]"},
+            ],
+        },
+    ]
 
 
-@pytest.mark.parametrize(("mutate", "message"), [
-    (lambda s: s[0].update(objects=[]), (r"sample 0 \(id 'img.jpg#image_to_box#0'\): field 'objects': expected one "
-                                         r"box per <object> token \(1 tokens\), got 0 boxes")),
-    (lambda s: s[0].update(objects=[[100, 50, 700, 460]]), r"objects\[0\]: box .* lies outside the 640x480 image"),
-    (lambda s: s[1]["conversations"].reverse(), r"sample 1 \(id 'b'\): conversations\[0\]: expected \{'from': 'human'"),
-    (lambda s: s[1].update(image="missing.jpg"), r"file .*missing\.jpg does not exist"),
-    (lambda s: s[1]["conversations"][1].update(value="[0.5,0.2,0.3,1.2]"), r"box text 0: expected 0 <= x1 <= x2"),
-    (lambda s: s[1]["conversations"][0].update(value="hi"), r"expected 1 <image> token\(s\)"),
-    (lambda s: s[1].update(id=s[0]["id"]), r"sample 1: field 'id': .* occurs twice"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda s: s[0].update(objects=[]),
+            (
+                r"sample 0 \(id 'img.jpg#image_to_box#0'\): field 'objects': expected one "
+                r"box per <object> token \(1 tokens\), got 0 boxes"
+            ),
+        ),
+        (
+            lambda s: s[0].update(objects=[[100, 50, 700, 460]]),
+            r"objects\[0\]: box .* lies outside the 640x480 image",
+        ),
+        (
+            lambda s: s[1]["conversations"].reverse(),
+            r"sample 1 \(id 'b'\): conversations\[0\]: expected \{'from': 'human'",
+        ),
+        (lambda s: s[1].update(image="missing.jpg"), r"file .*missing\.jpg does not exist"),
+        (
+            lambda s: s[1]["conversations"][1].update(value="[0.5,0.2,0.3,1.2]"),
+            r"box text 0: expected 0 <= x1 <= x2",
+        ),
+        (lambda s: s[1]["conversations"][0].update(value="hi"), r"expected 1 <image> token\(s\)"),
+        (lambda s: s[1].update(id=s[0]["id"]), r"sample 1: field 'id': .* occurs twice"),
+    ],
+)
 def test_schema_validation_names_sample_field_and_problem(tmp_path: Path, mutate: Any, message: str) -> None:
     samples = _good(tmp_path)
     assert validate_samples(json.loads(json.dumps(samples)), tmp_path, "train.json") == 2

@@ -49,11 +49,27 @@ def test_answer_cache_reloads_answers_and_keys_on_image_stage_and_hash(tmp_path:
 
 def test_usage_log_costs_and_totals(tmp_path: Path) -> None:
     log = UsageLog(tmp_path / "usage.jsonl", Prices(input_per_mtok=2.5, output_per_mtok=10.0))
-    cost = log.record(image_id="a", stage="recognise", req_hash="h", model="m", prompt_tokens=1000,
-                      completion_tokens=200, latency_s=0.5, attempts=2)
+    cost = log.record(
+        image_id="a",
+        stage="recognise",
+        req_hash="h",
+        model="m",
+        prompt_tokens=1000,
+        completion_tokens=200,
+        latency_s=0.5,
+        attempts=2,
+    )
     assert cost == pytest.approx(0.0025 + 0.002)
-    log.record(image_id="b", stage="qa.description", req_hash="h2", model="m", prompt_tokens=10,
-               completion_tokens=0, latency_s=0.1, attempts=1)
+    log.record(
+        image_id="b",
+        stage="qa.description",
+        req_hash="h2",
+        model="m",
+        prompt_tokens=10,
+        completion_tokens=0,
+        latency_s=0.1,
+        attempts=1,
+    )
     log.close()
     rows = [json.loads(x) for x in (tmp_path / "usage.jsonl").read_text().splitlines()]
     assert rows[0]["total_tokens"] == 1200 and rows[0]["attempts"] == 2

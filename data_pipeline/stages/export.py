@@ -54,8 +54,10 @@ def training_sample(record: dict[str, Any], k: int, sample: dict[str, Any]) -> d
 def run(ctx: RunContext) -> StageReport:
     files = filter_files(ctx)
     if not files or not any(p.exists() for p in files):
-        raise FileNotFoundError(f"export reads the filter stage's output in {ctx.out_dir}, which has none: "
-                                f"run --stages filter first")
+        raise FileNotFoundError(
+            f"export reads the filter stage's output in {ctx.out_dir}, which has none: "
+            f"run --stages filter first"
+        )
     samples: list[dict[str, Any]] = []
     families: list[str] = []
     dropped: Counter[str] = Counter()
@@ -72,11 +74,22 @@ def run(ctx: RunContext) -> StageReport:
     suffix = ctx.shard.suffix
     validate_samples(samples, ctx.image_dir, source=f"export to {ctx.out_dir / f'train{suffix}.json'}")
     _write_json(ctx.out_dir / f"train{suffix}.json", samples)
-    _write_json(ctx.out_dir / f"train_fine_grained{suffix}.json",
-                [s for s, f in zip(samples, families) if f in FINE_GRAINED])
-    _write_json(ctx.out_dir / f"train_global{suffix}.json", [s for s, f in zip(samples, families) if f in GLOBAL])
-    stats = {"images": images, "samples": len(samples), "families": dict(Counter(families)),
-             "dropped": dict(dropped), "image_root": str(ctx.image_dir.resolve())}
+    _write_json(
+        ctx.out_dir / f"train_fine_grained{suffix}.json",
+        [s for s, f in zip(samples, families) if f in FINE_GRAINED],
+    )
+    _write_json(
+        ctx.out_dir / f"train_global{suffix}.json", [s for s, f in zip(samples, families) if f in GLOBAL]
+    )
+    stats = {
+        "images": images,
+        "samples": len(samples),
+        "families": dict(Counter(families)),
+        "dropped": dict(dropped),
+        "image_root": str(ctx.image_dir.resolve()),
+    }
     _write_json(ctx.out_dir / f"export_stats{suffix}.json", stats)
-    logger.info("export: %d samples from %d images -> %s", len(samples), images, ctx.out_dir / f"train{suffix}.json")
+    logger.info(
+        "export: %d samples from %d images -> %s", len(samples), images, ctx.out_dir / f"train{suffix}.json"
+    )
     return StageReport(STAGE, written=len(samples))

@@ -20,17 +20,22 @@ def run(ctx: RunContext, detector: GroundingDetector | None = None) -> StageRepo
     todo, _ = split_pending(ctx, STAGE, records)
     if todo.count and detector is None:  # load the model only when there is work for it
         # one box more than the filter tolerates is enough to tell that a name is ambiguous
-        detector = GroundingDetector(ctx.options["grounding_model"],
-                                     box_threshold=ctx.options["box_threshold"],
-                                     text_threshold=ctx.options["text_threshold"], device=ctx.options["device"],
-                                     max_per_name=ctx.options["filters"].max_instances + 1)
+        detector = GroundingDetector(
+            ctx.options["grounding_model"],
+            box_threshold=ctx.options["box_threshold"],
+            text_threshold=ctx.options["text_threshold"],
+            device=ctx.options["device"],
+            max_per_name=ctx.options["filters"].max_instances + 1,
+        )
 
     def process(record: dict[str, Any]) -> dict[str, Any]:
         assert detector is not None
         image = open_image(ctx.image_dir, record["image_id"])
         detections = detector.detect(image, record["names"])
-        objects = [{"id": f"o{k + 1}", "name": d.name, "box": d.box, "score": d.score}
-                   for k, d in enumerate(detections)]
+        objects = [
+            {"id": f"o{k + 1}", "name": d.name, "box": d.box, "score": d.score}
+            for k, d in enumerate(detections)
+        ]
         found = {d.name for d in detections}
         out = {**record, "objects": objects, "ungrounded": [n for n in record["names"] if n not in found]}
         if not objects:

@@ -29,10 +29,13 @@ def run(ctx: RunContext) -> StageReport:
     opts = ctx.options
 
     async def ask(record: dict[str, Any], image_url: str, kind: str, **values: Any) -> Any:
-        prompt = ctx.templates.prompt(f"qa_{kind}.txt", objects=objects_listing(record),
-                                      relations=relations_listing(record), **values)
-        messages = [{"role": "system", "content": ctx.templates.text("system.txt")},
-                    user_message(prompt, image_url)]
+        prompt = ctx.templates.prompt(
+            f"qa_{kind}.txt", objects=objects_listing(record), relations=relations_listing(record), **values
+        )
+        messages = [
+            {"role": "system", "content": ctx.templates.text("system.txt")},
+            user_message(prompt, image_url),
+        ]
         return (await vlm.ask_json(record["image_id"], f"{STAGE}.{kind}", messages)).value
 
     async def process(record: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +44,8 @@ def run(ctx: RunContext) -> StageReport:
             ask(record, url, "fine_grained", max_questions=opts["max_questions"]),
             ask(record, url, "conversation", rounds=opts["conversation_rounds"]),
             ask(record, url, "description"),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
         for a in answers:  # anything but a bad answer (e.g. VLMUnavailable) leaves the image pending
             if isinstance(a, BaseException) and not isinstance(a, MalformedAnswer):
                 raise a
@@ -52,19 +56,25 @@ def run(ctx: RunContext) -> StageReport:
         try:
             if isinstance(fine, MalformedAnswer):
                 raise fine
-            samples += families.object_families(record, families.parse_expressions(fine, record),
-                                                ctx.templates, ctx.seed)
+            samples += families.object_families(
+                record, families.parse_expressions(fine, record), ctx.templates, ctx.seed
+            )
             qa_samples, dropped = families.relation_qa_family(fine, record)
             samples += qa_samples
         except MalformedAnswer as exc:
             errors["fine_grained"] = str(exc)
             # the object families need no words from the model when names are unique
-            samples += families.object_families(record, families.parse_expressions(None, record),
-                                                ctx.templates, ctx.seed)
+            samples += families.object_families(
+                record, families.parse_expressions(None, record), ctx.templates, ctx.seed
+            )
         for kind, value, build in (
-                ("conversation", conversation, lambda v: families.conversation_family(v, record)),
-                ("description", description,
-                 lambda v: families.description_family(v, record, ctx.templates, ctx.seed))):
+            ("conversation", conversation, lambda v: families.conversation_family(v, record)),
+            (
+                "description",
+                description,
+                lambda v: families.description_family(v, record, ctx.templates, ctx.seed),
+            ),
+        ):
             try:
                 if isinstance(value, MalformedAnswer):
                     raise value

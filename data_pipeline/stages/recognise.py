@@ -40,8 +40,10 @@ def run(ctx: RunContext) -> StageReport:
         except ValueError as exc:  # a corrupt file costs its own record, not the run
             return {"image_id": record["image_id"], "error": f"unreadable image: {exc}"}
         out = {"image_id": record["image_id"], "width": image.width, "height": image.height}
-        messages = [{"role": "system", "content": ctx.templates.text("system.txt")},
-                    user_message(ctx.templates.prompt("recognise.txt", max_objects=max_objects), url)]
+        messages = [
+            {"role": "system", "content": ctx.templates.text("system.txt")},
+            user_message(ctx.templates.prompt("recognise.txt", max_objects=max_objects), url),
+        ]
         try:
             names = _names((await vlm.ask_json(record["image_id"], STAGE, messages)).value, max_objects)
         except MalformedAnswer as exc:

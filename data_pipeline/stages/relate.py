@@ -26,11 +26,20 @@ def parse_relations(value: Any, known: set[str]) -> tuple[list[list[str]], int]:
     triples, dropped = [], 0
     for item in items:
         if isinstance(item, dict):
-            item = [item.get("subject") or item.get("object1"), item.get("relation"),
-                    item.get("object") or item.get("object2")]
-        if (isinstance(item, (list, tuple)) and len(item) == 3 and all(isinstance(x, str) for x in item)
-                and item[0].strip() in known and item[2].strip() in known and item[0].strip() != item[2].strip()
-                and item[1].strip()):
+            item = [
+                item.get("subject") or item.get("object1"),
+                item.get("relation"),
+                item.get("object") or item.get("object2"),
+            ]
+        if (
+            isinstance(item, (list, tuple))
+            and len(item) == 3
+            and all(isinstance(x, str) for x in item)
+            and item[0].strip() in known
+            and item[2].strip() in known
+            and item[0].strip() != item[2].strip()
+            and item[1].strip()
+        ):
             triples.append([item[0].strip(), " ".join(item[1].split()), item[2].strip()])
         else:
             dropped += 1
@@ -47,10 +56,13 @@ def run(ctx: RunContext) -> StageReport:
         if len(record["objects"]) < 2:
             return {**record, "relations": [], "relations_dropped": 0}  # nothing to relate: no request
         _, url = await image_and_url(ctx, record["image_id"])
-        prompt = ctx.templates.prompt("relate.txt", objects=objects_listing(record),
-                                      max_relations=ctx.options["max_relations"])
-        messages = [{"role": "system", "content": ctx.templates.text("system.txt")},
-                    user_message(prompt, url)]
+        prompt = ctx.templates.prompt(
+            "relate.txt", objects=objects_listing(record), max_relations=ctx.options["max_relations"]
+        )
+        messages = [
+            {"role": "system", "content": ctx.templates.text("system.txt")},
+            user_message(prompt, url),
+        ]
         try:
             answer = await vlm.ask_json(record["image_id"], STAGE, messages)
             relations, dropped = parse_relations(answer.value, {o["id"] for o in record["objects"]})
