@@ -74,7 +74,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             ]
         )
     if not rows:
-        print("no models registered")
+        print(f"no {args.kind or 'model'}s registered")
         return 0
     print(_table(rows, ["NAME", "KIND", "PRESET", "STAGE", "SOURCE", "REC AVG", "ON DISK"]))
     return 0

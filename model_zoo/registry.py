@@ -73,8 +73,11 @@ class RegistryError(ValueError):
     """A registry file or entry is malformed; the message names the file, entry and field."""
 
 
-class UnknownModelError(KeyError):
-    """A name is neither a registry entry nor an existing directory; suggests the closest names."""
+class UnknownModelError(KeyError, ValueError):
+    """A name is neither a registry entry nor an existing directory; suggests the closest names.
+
+    A ``KeyError`` (a failed lookup) that is also a ``ValueError`` (bad user input), so a CLI that
+    reports ``ValueError`` in one line reports this too."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])

@@ -28,7 +28,7 @@ from .integrity import (
     refuse_pickle_checkpoint,
     verify_directory,
 )
-from .registry import Entry, Registry, UnknownModelError, load_registry, tinygg_home
+from .registry import Entry, Registry, UnknownModelError, load_registry, suggest_names, tinygg_home
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,19 @@ def locate(entry: Entry) -> Path | None:
 
 def _registry(registry: Registry | None) -> Registry:
     return registry if registry is not None else load_registry()
+
+
+def _lookup(reg: Registry, raw: str) -> Entry:
+    """``reg.get(raw)``; a miss that looks like a path says that no such directory exists either."""
+    try:
+        return reg.get(raw)
+    except UnknownModelError:
+        if not (raw.startswith(("/", ".", "~")) or raw.count("/") > 1):
+            raise
+    raise UnknownModelError(
+        f"{raw!r} is neither an existing directory nor a zoo model name.{suggest_names(raw, reg.names())} "
+        "(`tinygg zoo list` shows all names)"
+    )
 
 
 def _raise_if_bad(report: VerifyReport, entry: Entry) -> None:
@@ -174,13 +187,7 @@ def resolve_model(
     if path.is_file():
         raise NotADirectoryError(f"--model expects a checkpoint directory or a zoo name, got the file {path}")
     reg = _registry(registry)
-    try:
-        entry = reg.get(raw)
-    except UnknownModelError as exc:
-        msg = str(exc)
-        if raw.startswith(("/", ".", "~")) or raw.count("/") > 1:
-            msg = f"{raw!r} is not an existing directory, nor a zoo model. " + msg
-        raise UnknownModelError(msg) from None
+    entry = _lookup(reg, raw)
     if download:
         return _fetch(entry.name, registry=reg)
     where = locate(entry)
@@ -215,7 +222,7 @@ def verify(
             if where is not None and where.resolve() == resolved:
                 return verify_directory(path, entry.files, full=full)
         return verify_directory(path, (), full=full)
-    entry = reg.get(raw)
+    entry = _lookup(reg, raw)
     where = locate(entry)
     if where is None:
         report = VerifyReport(expected_dir(entry))

@@ -119,7 +119,7 @@ def test_unknown_name_suggests_closest_names(tmp_path):
     assert "Did you mean: tinygg-tiny-demo" in str(info.value)
     with pytest.raises(UnknownModelError, match="Qwen/Qwen2.5-3B-Instruct"):
         resolve_model("qwen2.5-3b-instruct-x")
-    with pytest.raises(UnknownModelError, match="not an existing directory"):
+    with pytest.raises(UnknownModelError, match="neither an existing directory nor a zoo model name"):
         resolve_model(str(tmp_path / "no" / "such" / "dir"))
     assert reg.get("TINYGG-TINY-DEMO").name == "tinygg-tiny-demo"  # case slips are forgiven
 
