@@ -74,15 +74,16 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import chain, islice, permutations
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from tinygg.boxes import BOX_PATTERN, box_iou, canonical, generalized_box_iou, parse_boxes, pixel_to_square
+from tinygg.boxes import BOX_PATTERN, box_iou, canonical, generalized_box_iou, pixel_to_square
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class RewardConfig:
         return [self.w_format, self.w_f1, self.w_iou]
 
     @classmethod
-    def ablation(cls, name: str, **overrides: Any) -> "RewardConfig":
+    def ablation(cls, name: str, **overrides: Any) -> RewardConfig:
         """The reward variants of the DiG paper's Table 4.
 
         >>> RewardConfig.ablation("format+f1").weights

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
-import dig.rewards as rewards
+from dig import rewards
 from dig.rewards import (
     RewardConfig,
     answer_text,
