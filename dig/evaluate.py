@@ -40,6 +40,7 @@ from PIL import Image, ImageDraw
 
 from dig.rewards import BatchScores, RewardConfig, score_batch, unit_to_pixel
 from tinygg.evaluate.rec import ID_FIELDS, TEXT_FIELDS
+from tinygg.evaluate.sources import BadRow, iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -52,28 +53,23 @@ PANEL_GAP, HEADER = 8, 18
 
 def read_predictions(path: str | Path) -> dict[str, str]:
     """``{id: answer}`` from a JSONL file, one ``{"id": ..., "answer": ...}`` per line (the id and text fields
-    are read under the names ``tinygg eval rec`` accepts); errors name the file, line and field."""
-    path = Path(path)
+    are read under the names ``tinygg eval rec`` accepts); bad lines raise, naming the file, row and field."""
+    problems: list[BadRow] = []
     out: dict[str, str] = {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {lineno}: not JSON ({exc})") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {lineno}: expected a JSON object, got {line.strip()[:120]}")  # noqa: TRY004
-            id_key = next((k for k in ID_FIELDS if k in row), None)
-            text_key = next((k for k in TEXT_FIELDS if k in row), None)
-            if id_key is None or text_key is None or not isinstance(row[text_key], str):
-                raise ValueError(f"{path}: line {lineno}: expected an id field (one of {ID_FIELDS}) and a text "
-                                 f"field (one of {TEXT_FIELDS}) holding a string; got keys {sorted(row)}")
-            key = str(row[id_key])
-            if key in out:
-                raise ValueError(f"{path}: line {lineno}: id {key!r} appears twice")
-            out[key] = row[text_key]
+    for lineno, row in iter_jsonl(path, problems):
+        id_key = next((k for k in ID_FIELDS if k in row), None)
+        text_key = next((k for k in TEXT_FIELDS if k in row), None)
+        if id_key is None:
+            problems.append(BadRow(str(path), lineno, "id", f"no id field (one of {ID_FIELDS}); keys {sorted(row)}"))
+        elif text_key is None or not isinstance(row[text_key], str):
+            problems.append(BadRow(str(path), lineno, text_key or "answer",
+                                   f"expected the answer text as a string (field one of {TEXT_FIELDS})"))
+        elif str(row[id_key]) in out:
+            problems.append(BadRow(str(path), lineno, id_key, f"id {row[id_key]!r} appears twice"))
+        else:
+            out[str(row[id_key])] = row[text_key]
+    if problems:
+        raise ValueError(f"{len(problems)} bad line(s) in predictions file: " + "; ".join(map(str, problems[:5])))
     return out
 
 

@@ -105,7 +105,7 @@ def test_report_files_and_overlays(pairs_dir: Path, tmp_path: Path) -> None:
 def test_predictions_file_errors(tmp_path: Path, pairs_dir: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "s0", "answer": "[]"}\n{"id": "s1"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl: line 2: .*text field"):
+    with pytest.raises(ValueError, match=r"bad.jsonl, row 2, field 'answer': expected the answer text"):
         read_predictions(bad)
     bad.write_text('{"id": "s0", "answer": "[]"}\n{"id": "s0", "text": "[]"}\n')
     with pytest.raises(ValueError, match="appears twice"):
