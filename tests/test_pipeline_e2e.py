@@ -342,6 +342,12 @@ def test_end_to_end_every_family_faults_and_rerun(
         # the export: valid training data with every sample family
         train = json.loads((out / "train.json").read_text())
         assert validate_samples(train, photos, "train.json") == len(train) > 0
+        # ... and the trainer's own loader reads every sample back
+        from tinygg.data.schema import read_samples
+
+        loaded = read_samples(out / "train.json")
+        assert [s.id for s in loaded] == [s["id"] for s in train]
+        assert sum(len(s.objects) for s in loaded) == sum(len(s.get("objects", [])) for s in train) > 0
         families = Counter(s["id"].split("#")[1] for s in train)
         assert set(families) == set(FAMILIES), families
         # the garbage description answer cost one image its description only
