@@ -7,7 +7,7 @@ header and answers 200 restarts the file from zero). When the transfer completes
 whole file is compared with the expected one: a mismatch removes the file and raises
 :class:`~model_zoo.integrity.ChecksumMismatchError`; a match renames ``.part`` to the destination.
 
-Transfers use the standard library (``urllib``); a lock file (``.NAME.lock``, from ``filelock``, a
+Transfers use the standard library (``urllib``); a lock file in ``$TINYGG_HOME/locks`` (``filelock``, a
 dependency of huggingface_hub) keeps two processes from appending to the same ``.part``.
 """
 
@@ -27,6 +27,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from .integrity import ChecksumMismatchError
+from .registry import tinygg_home
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,14 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 class DownloadError(OSError):
     """A transfer failed after its retries; the ``.part`` file is kept so a later call resumes."""
+
+
+def _lock_path(dest: Path) -> Path:
+    """A lock file per destination, kept out of the model directory."""
+    key = hashlib.sha256(str(dest.resolve()).encode()).hexdigest()[:16]
+    path = tinygg_home() / "locks" / f"{dest.name}-{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def part_path(dest: Path) -> Path:
@@ -136,7 +145,7 @@ def download_file(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     # one writer per file: a second process waits, then finds the file done (or resumes the .part)
-    with FileLock(str(dest.parent / f".{dest.name}.lock")):
+    with FileLock(str(_lock_path(dest))):
         if dest.exists() and sha256 is not None and _hash_existing(dest).hexdigest() == sha256:
             return dest
         return _download_unlocked(

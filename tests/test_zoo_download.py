@@ -238,7 +238,7 @@ def test_download_then_verify_and_resolve_from_disk(server, tmp_path):
     assert resolve_model("toy-ckpt", registry=reg) == out  # verified files are not fetched again
     assert resolve_model("toy-ckpt", download=False, registry=reg) == out
     assert len(server.log) == n_requests
-    assert not list(out.glob("*.part"))
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]  # no stamps, locks
 
 
 def test_interrupted_transfer_resumes_with_range_within_one_call(server, tmp_path):
@@ -527,3 +527,34 @@ def test_verify_rehashes_while_resolve_trusts_an_unchanged_stamp(server, tmp_pat
     assert verify("toy-ckpt", registry=reg, full=False).ok
     report = verify("toy-ckpt", registry=reg)
     assert not report.ok and report.problems()[0].detail.startswith("sha256 ")
+
+
+def test_real_tiny_checkpoint_published_by_url_downloads_and_loads(
+    server, tiny_checkpoint, tiny_model, tmp_path
+):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from model_zoo import add, load_registry
+
+    reg_file = tmp_path / "team-registry.yaml"
+    entry = add(
+        "tinygg-tiny-test",
+        tiny_checkpoint,
+        preset="tiny",
+        stage="stage3",
+        url=server.url + "/ck/",
+        registry_path=reg_file,
+        progress=False,
+    )
+    names = sorted(f.path for f in entry.files)
+    assert "model.safetensors" in names and "config.json" in names and "tokenizer.json" in names
+    for name in names:  # "upload" the files where the entry says they are served
+        server.files[f"/ck/{name}"] = (Path(tiny_checkpoint) / name).read_bytes()
+    out = download("tinygg-tiny-test", registry=load_registry([reg_file]), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == names
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert AutoProcessor.from_pretrained(out) is not None
+    want = tiny_model[0].state_dict()
+    got = model.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
