@@ -5,13 +5,14 @@ on the same planned pairs in the same run; plus the flat renderer, and box tight
 Prints pairs per minute for each setting and their ratio; PSNR of the project's images against the
 512-sample render (the high-sample reference); and, for every visible object, the IoU between its tight
 instance-mask box and the box of its projected 3-D bounding-box corners (the loose, occlusion-blind
-alternative), from the Blender masks and from many flat-rendered scenes.
+alternative), from the Blender masks and from many flat-rendered scenes; and the share of pixels that
+change between a pair's images outside its GT boxes (shadows, reflections, indirect light).
 
     python bench/render_throughput.py [--n 1] [--size 320x240] [--samples 32] [--reference-samples 512]
                                       [--flat-scenes 200] [--skip-blender] [--seed 0]
 
-Blender at 512 samples takes about a minute per image on 2 CPU cores here, so --n defaults to 1 pair
-(4 Cycles renders); use a larger --n on a bigger machine.
+Blender at 512 samples takes about two minutes per 320x240 image on this shared 2-core machine, so --n
+defaults to 1 pair (4 Cycles renders); use a larger --n on a bigger machine.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from PIL import Image
 
 from dig.camera import projected_box
 from dig.cli import parse_size
-from dig.masks import mask_box
-from dig.pairs import PairConfig, plan_pair
+from dig.masks import box_region, mask_box
+from dig.pairs import PairConfig, change_boxes, plan_pair
 from dig.render_flat import render_flat
 from dig.scene import Scene
 from tinygg.boxes import box_iou_aligned
@@ -76,7 +77,14 @@ def bench_blender(plans: list, w: int, h: int, args: argparse.Namespace, tmp: Pa
             results[name] = {"samples": samples, "denoise": denoise, "seconds": seconds,
                              "pairs_per_minute": 60.0 * len(plans) / seconds}
     psnrs, ious = [], []
+    outside: dict[str, list[float]] = {name: [] for name in settings}
     for plan in plans:
+        masks = [np.asarray(Image.open(tmp / "project" / f"{plan.pair_id}_m{s}.png")) for s in "ab"]
+        region = box_region(change_boxes(plan, *masks), w, h, dilate=3)
+        for name in settings:
+            a, b = (np.asarray(Image.open(tmp / name / f"{plan.pair_id}_{s}.png").convert("RGB")).astype(int)
+                    for s in "ab")
+            outside[name].append(float((np.abs(a - b).max(-1) > 8)[~region].mean()))
         for s, scene in (("a", plan.scene_a), ("b", plan.scene_b)):
             proj = np.asarray(Image.open(tmp / "project" / f"{plan.pair_id}_{s}.png").convert("RGB"))
             ref = np.asarray(Image.open(tmp / "clevr" / f"{plan.pair_id}_{s}.png").convert("RGB"))
@@ -84,6 +92,8 @@ def bench_blender(plans: list, w: int, h: int, args: argparse.Namespace, tmp: Pa
             ious += tightness(scene, np.asarray(Image.open(tmp / "project" / f"{plan.pair_id}_m{s}.png")), w, h)
     results["psnr_project_vs_reference_db"] = float(np.mean(psnrs))
     results["mask_vs_corner_box_iou"] = float(np.mean(ious))
+    for name in settings:  # shadows, reflections and indirect light of the changed objects
+        results[name]["changed_fraction_outside_boxes"] = float(np.mean(outside[name]))
     return results
 
 
@@ -127,6 +137,9 @@ def main() -> None:
         print(f"speed-up ratio project / CLEVR: {p['pairs_per_minute'] / c['pairs_per_minute']:.1f}x; "
               f"PSNR vs the {c['samples']}-sample render: {b['psnr_project_vs_reference_db']:.1f} dB; "
               f"mask-box vs corner-box IoU: {b['mask_vs_corner_box_iou']:.3f}")
+        print(f"pixels changed by > 8 levels outside the GT boxes (dilated 3 px): project "
+              f"{p['changed_fraction_outside_boxes']:.4f}, CLEVR {c['changed_fraction_outside_boxes']:.4f} "
+              "(flat renderer: exactly 0)")
         print(f"flat / blender-project throughput ratio: {f['pairs_per_minute'] / p['pairs_per_minute']:.0f}x")
 
 
