@@ -94,12 +94,7 @@ def add(
         source = {"kind": "local", "path": str(from_dir)}
     target = Path(registry_path) if registry_path is not None else None
     reg = load_registry([SHIPPED_REGISTRY, user_registry_path()] + ([target] if target is not None else []))
-    raw: dict[str, Any] = {
-        "name": name,
-        "kind": kind,
-        "source": source,
-        "files": hash_directory(from_dir, progress=progress),
-    }
+    raw: dict[str, Any] = {"name": name, "kind": kind, "source": source}
     for key, value in (("preset", preset), ("stage", stage), ("parent", parent), ("license", license)):
         if value is not None:
             raw[key] = value
@@ -110,11 +105,14 @@ def add(
         merged_metrics.setdefault(task, {}).update(values)
     if merged_metrics:
         raw["metrics"] = merged_metrics
-    entry = parse_entry(raw, origin=str(target or "user registry"), index=0)
+    origin = str(target or user_registry_path())
+    # check the metadata before hashing what may be gigabytes
+    parse_entry({**raw, "files": [{"path": "model.safetensors", "sha256": "0" * 64}]}, origin=origin, index=0)
     if parent is not None and parent not in reg:
         raise RegistryError(
             f"entry {name!r}, field 'parent': expected the name of a registry entry, "
             f"got {parent!r}.{suggest_names(parent, reg.names())}"
         )
+    entry = parse_entry({**raw, "files": hash_directory(from_dir, progress=progress)}, origin=origin, index=0)
     write_entry(entry, target, overwrite=overwrite)
     return entry

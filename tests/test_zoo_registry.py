@@ -179,6 +179,8 @@ def test_add_list_verify_round_trip_through_the_cli(tmp_path, capsys):
     assert "Did you mean: my-ckpt" in capsys.readouterr().err
     assert zoo(f"add my-ckpt --from {ckpt} --preset tiny --stage stage3") == 2
     assert "--overwrite" in capsys.readouterr().err
+    assert zoo(f"add no-preset --from {ckpt} --stage stage3") == 2
+    assert "entry 'no-preset' (#0), field 'preset'" in capsys.readouterr().err
 
     # tampering is caught by verify and by resolve
     (ckpt / "config.json").write_text(json.dumps({"model_type": "evil"}))
