@@ -26,7 +26,7 @@ from tinygg.build import build_model
 from tinygg.evaluate.rec import evaluate_rec
 from tinygg.evaluate.sources import RecSample
 
-WORDS = "the left red small big cube sphere person man woman dog cat behind front of near far second".split()
+WORDS = ["the", "left", "red", "small", "big", "cube", "sphere", "person", "man", "woman", "dog", "cat", "behind", "front", "of", "near", "far", "second"]
 
 
 def make_samples(n: int, seed: int = 0) -> list[RecSample]:

@@ -1,9 +1,9 @@
 """Attention heat maps (the paper's Figure 5): box-token selection, the patch grid -> image mapping, and the PNG."""
 
 import numpy as np
+from conftest import random_image
 from PIL import Image
 
-from conftest import random_image
 from tinygg.attention import answer_with_attention, box_token_indices, eager_attention, patch_heatmap
 from tinygg.cli import main
 from tinygg.inference import Query, generate

@@ -74,3 +74,14 @@ def test_prompt_template_and_table_layout():
     values = table[3].split("|")
     assert values[2].split() == ["-", "-", "100.00"]  # RefCOCO+ testB, the others not run
     assert values[4].strip() == "50.00" and values[5].strip() == "0.00"  # Avg, then the extra split
+
+
+def test_module_doctests():
+    import doctest
+
+    import tinygg.evaluate.pope
+    import tinygg.evaluate.report
+
+    for module in (tinygg.evaluate.report, tinygg.evaluate.pope):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

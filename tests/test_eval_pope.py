@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import random_image
+
 from tinygg.cli import main
 from tinygg.evaluate.pope import binary_metrics, parse_yes_no, summarise_pope
 from tinygg.evaluate.report import pope_table

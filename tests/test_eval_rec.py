@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import random_image
 from PIL import Image
 
-from conftest import random_image
 from tinygg.boxes import format_box, pixel_to_square
 from tinygg.cli import main
 from tinygg.evaluate.rec import evaluate_rec

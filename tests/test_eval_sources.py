@@ -7,10 +7,21 @@ import pickle
 from collections import OrderedDict
 
 import pytest
-
 from conftest import random_image
-from tinygg.evaluate.sources import (dataset_name, jsonl_split_name, load_rec_data, parse_spec, pope_subset_name,
-                                     read_jsonl, read_parquet, read_pope, read_refer, select_splits, split_word)
+
+from tinygg.evaluate.sources import (
+    dataset_name,
+    jsonl_split_name,
+    load_rec_data,
+    parse_spec,
+    pope_subset_name,
+    read_jsonl,
+    read_parquet,
+    read_pope,
+    read_refer,
+    select_splits,
+    split_word,
+)
 
 
 def _refer_tree(root):

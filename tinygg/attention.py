@@ -13,9 +13,9 @@ to the padded square, cropped back to the original image and blended over it wit
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ def patch_heatmap(weights: np.ndarray, width: int, height: int) -> np.ndarray:
     The patch grid covers the padded square; it is upsampled to the square's side and cropped to where
     the image sits in it.
     """
-    grid = int(round(len(weights) ** 0.5))
+    grid = round(len(weights) ** 0.5)
     if grid * grid != len(weights):
         raise ValueError(f"{len(weights)} image tokens do not form a square patch grid")
     side, ox, oy = square_geometry(width, height)

@@ -11,5 +11,17 @@ from .pope import binary_metrics, evaluate_pope, parse_yes_no
 from .rec import evaluate_rec, score_answer, score_existing, summarise
 from .sources import BadRow, PopeQuestion, RecSample, load_rec_data, read_pope
 
-__all__ = ["evaluate_rec", "score_answer", "score_existing", "summarise", "evaluate_pope", "parse_yes_no",
-           "binary_metrics", "load_rec_data", "read_pope", "RecSample", "PopeQuestion", "BadRow"]
+__all__ = [
+           "BadRow",
+           "PopeQuestion",
+           "RecSample",
+           "binary_metrics",
+           "evaluate_pope",
+           "evaluate_rec",
+           "load_rec_data",
+           "parse_yes_no",
+           "read_pope",
+           "score_answer",
+           "score_existing",
+           "summarise",
+]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +76,6 @@ def cmd_rec(args: argparse.Namespace) -> int:
     from .report import rec_details, rec_table
     from .sources import load_rec_data
 
-    if not args.model and not args.predictions:
-        raise ValueError("give --model (to generate answers) or --predictions (to score existing answers)")
-    if args.model and args.predictions:
-        raise ValueError("give either --model or --predictions, not both")
     if not args.data and not args.predictions:
         raise ValueError("--data is required with --model (see `tinygg eval rec --help` for the data specs)")
     samples, problems = (load_rec_data(args.data, args.splits, image_root=args.image_root)
@@ -139,9 +136,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate referring expression comprehension: the model answers the prompt with a box for "
                     "each expression; Acc@0.5 per split and their average, printed in the paper's Table 1 "
                     "layout. With --predictions, score answers that already exist (any system) instead.")
-    p.add_argument("--model", help="checkpoint directory or model-zoo name")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="checkpoint directory or model-zoo name: generate the answers")
+    src.add_argument("--predictions", metavar="FILE",
+                     help="score this JSONL of existing answers (an id and the answer text per line) instead of "
+                          "running a model; GT from --data, or from the lines themselves (split, gt_box, width, "
+                          "height) as predictions.jsonl has them")
     p.add_argument("--data", action="append", metavar="SPEC", help="data spec (see below); repeatable")
-    p.add_argument("--splits", nargs="+", metavar="SPLIT", help="only these splits (default: every eval split)")
+    p.add_argument("--splits", nargs="+", metavar="SPLIT", help="only these splits (full or bare names); all eval splits of the data when not given")
     p.add_argument("--out", required=True, help="output folder (resumes a run found there)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
     p.add_argument("--limit", type=int, help="only the first N samples of each split (a quick look)")
@@ -149,12 +151,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default=REC_PROMPT, metavar="TEMPLATE",
                    help="prompt template; <exp> is replaced by the expression")
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit (a box is ~30 tokens)")
-    p.add_argument("--predictions", metavar="FILE",
-                   help="score this JSONL of existing answers (an id and the answer text per line) instead of "
-                        "running a model; GT from --data, or from the lines themselves (split, gt_box, width, "
-                        "height) as predictions.jsonl has them")
     p.add_argument("--image-root", help="folder the image paths of refer/JSONL data are relative to")
-    p.add_argument("--model-name", help="row label in the printed table (default: the model folder name)")
+    p.add_argument("--model-name", help="row label in the printed table; the model folder name when not given")
     p.add_argument("--fresh", action="store_true", help="discard predictions of an earlier run in --out")
     p.set_defaults(func=cmd_rec)
 
@@ -175,7 +173,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="only the first N questions of each subset")
     p.add_argument("--prompt", default=POPE_PROMPT, metavar="TEMPLATE",
                    help="prompt template; <question> is replaced by the question")
-    p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--model-name", help="row label in the printed table (default: the model folder name)")
+    p.add_argument("--max-new-tokens", type=int, default=8, help="answer length limit (yes/no needs one or two)")
+    p.add_argument("--model-name", help="row label in the printed table; the model folder name when not given")
     p.add_argument("--fresh", action="store_true", help="discard predictions of an earlier run in --out")
     p.set_defaults(func=cmd_pope)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .sources import BadRow
@@ -105,15 +106,14 @@ def open_run(out_dir: str | os.PathLike, settings: dict[str, Any], fresh: bool =
     return journal
 
 
-def write_skipped(out_dir: str | os.PathLike, problems: Sequence["BadRow"], shown: int = 20) -> None:
+def write_skipped(out_dir: str | os.PathLike, problems: Sequence[BadRow], shown: int = 20) -> None:
     """Log the rows that were skipped (the first ``shown``) and list them all in ``skipped.jsonl``."""
     path = Path(out_dir) / SKIPPED
     if not problems:
         path.unlink(missing_ok=True)
         return
     with open(path, "w", encoding="utf-8") as f:
-        for p in problems:
-            f.write(json.dumps(p.to_json()) + "\n")
+        f.writelines(json.dumps(p.to_json()) + "\n" for p in problems)
     for p in problems[:shown]:
         logger.warning("skipped: %s", p)
     if len(problems) > shown:

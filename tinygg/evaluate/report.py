@@ -7,7 +7,8 @@ tinygg-1.5b | 86.76     -     - |     -     -     - |     -     - | 86.76
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 # (group title, dataset key, splits) in the column order of the paper's Table 1.
 TABLE1 = (("RefCOCO", "refcoco", ("val", "testA", "testB")),

@@ -12,7 +12,8 @@ the batch they fall in, which the tests check.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from ..inference import Query, generate
 from .journal import Journal

@@ -35,13 +35,13 @@ import glob
 import io
 import json
 import logging
-import math
 import os
 import pickle
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -360,6 +360,7 @@ def read_parquet(pattern: str, dataset: str | None = None) -> tuple[list[RecSamp
     Read with pyarrow batch by batch: ``datasets.load_dataset("parquet")`` would first copy the
     multi-GB files (images inline) into its cache.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     samples: list[RecSample] = []
@@ -372,7 +373,7 @@ def read_parquet(pattern: str, dataset: str | None = None) -> tuple[list[RecSamp
                              "val-00000-of-00004.parquet or a folder named val/testA/testB/test)")
         try:
             pf = pq.ParquetFile(file)
-        except Exception as e:  # pyarrow raises several types for non-parquet input
+        except (pa.ArrowException, OSError, ValueError) as e:
             raise ValueError(f"{file}: not a parquet file: {e}") from None
         need = {"question_id", "image", "answer", "bbox"}
         missing = need - set(pf.schema_arrow.names)
