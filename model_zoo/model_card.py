@@ -289,40 +289,32 @@ def render_card(
         "```",
         "",
     ]
-    label = name
-    if metrics.get("rec"):
-        lines += [
-            "## Referring expression comprehension (REC)",
-            "",
+    sections = {  # task -> (heading, what the numbers mean, table renderer)
+        "rec": (
+            "Referring expression comprehension (REC)",
             (
                 "Acc@0.5: share of expressions whose predicted box has IoU >= 0.5 with the ground truth (%). "
                 "Boxes are `[x1,y1,x2,y2]` text normalised to the padded square."
             ),
-            "",
-            rec_tables(metrics["rec"], label, size),
-            "",
-        ]
-    if metrics.get("pope"):
-        lines += [
-            "## Object hallucination (POPE)",
-            "",
+            lambda m: rec_tables(m, name, size),
+        ),
+        "pope": (
+            "Object hallucination (POPE)",
             "Accuracy, F1 and the share of 'yes' answers (%), per sampling subset.",
-            "",
-            pope_table(metrics["pope"], label, size),
-            "",
-        ]
-    if metrics.get("dig"):
-        lines += [
-            "## Differential grounding (DiG)",
-            "",
+            lambda m: pope_table(m, name, size),
+        ),
+        "dig": (
+            "Differential grounding (DiG)",
             (
                 "Boxes of all differences between two images, matched one-to-one (Hungarian) to the ground "
                 "truth; F1 over matches at IoU >= the threshold, mean IoU of the matches (%)."
             ),
-            "",
-            dig_table(metrics["dig"]),
-            "",
-        ]
+            dig_table,
+        ),
+    }
+    for task, (heading, meaning, render) in sections.items():
+        if metrics.get(task):
+            lines += [f"## {heading}", "", meaning, "", render(metrics[task]), ""]
     if not any(metrics.get(k) for k in ("rec", "pope", "dig")):
         lines += [
             "## Evaluation",
