@@ -27,14 +27,16 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 from PIL import Image
 
 from data_pipeline.answer_cache import AnswerCache, request_hash
 from data_pipeline.json_repair import MalformedAnswer, ParsedAnswer, parse_json_answer
 from data_pipeline.usage import Prices, UsageLog
+
+if TYPE_CHECKING:
+    import openai
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +128,17 @@ def user_message(text: str, image_url: str | None) -> dict[str, Any]:
     return {"role": "user", "content": content}
 
 
+def _import_openai() -> Any:
+    """The ``openai`` package, imported on first use so ``tinygg`` starts without the ``data`` extra."""
+    try:
+        import openai
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "the VLM stages need the openai client: pip install 'tinygroundinggpt[data]' (or pip install openai)"
+        ) from None
+    return openai
+
+
 def _retry_after_seconds(exc: openai.APIStatusError) -> float | None:
     value = exc.response.headers.get("retry-after") if exc.response is not None else None
     if value is None:
@@ -154,6 +167,7 @@ class VLMClient:
         self._client = client
 
     def _openai(self) -> openai.AsyncOpenAI:
+        openai = _import_openai()
         if self._client is None:
             key = os.environ.get(self.settings.api_key_env)
             if not key:
@@ -201,6 +215,7 @@ class VLMClient:
             return await self._request(image_id, stage, req_hash, payload)
 
     async def _request(self, image_id: str, stage: str, req_hash: str, payload: dict[str, Any]) -> str:
+        openai = _import_openai()
         client = self._openai()
         start = time.monotonic()
         for attempt in range(self.settings.max_retries + 1):
