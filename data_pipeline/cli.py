@@ -151,6 +151,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="images are downscaled to this longer side before sending (default 1024)",
     )
     vlm.add_argument(
+        "--json-mode",
+        action="store_true",
+        default=None,
+        help="send response_format json_object (OpenAI and most servers support it; answers are parsed "
+        "and repaired either way)",
+    )
+    vlm.add_argument(
         "--price-input",
         type=float,
         default=None,
@@ -273,6 +280,7 @@ def handle_pipeline(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             max_tokens=args.max_tokens,
             max_image_side=args.max_image_side,
+            json_mode=args.json_mode,
             prices=prices,
         )
         options = PipelineOptions(

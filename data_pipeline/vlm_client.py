@@ -72,6 +72,7 @@ class VLMSettings:
     temperature: float = 0.2
     max_tokens: int = 2048
     max_image_side: int = 1024
+    json_mode: bool = False  # ask for response_format json_object (endpoints that support it)
     prices: Prices = field(default_factory=Prices)
 
     def __post_init__(self) -> None:
@@ -196,12 +197,14 @@ class VLMClient:
 
     async def ask(self, image_id: str, stage: str, messages: list[dict[str, Any]]) -> str:
         """The model's answer text for ``messages``: from the cache, or requested (and cached at once)."""
-        payload = {
+        payload: dict[str, Any] = {
             "model": self.settings.model,
             "messages": messages,
             "temperature": self.settings.temperature,
             "max_tokens": self.settings.max_tokens,
         }
+        if self.settings.json_mode:
+            payload["response_format"] = {"type": "json_object"}
         req_hash = request_hash(payload)
         cached = self.cache.get(image_id, stage, req_hash)
         if cached is not None:

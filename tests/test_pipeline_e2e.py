@@ -122,6 +122,7 @@ class ScriptedVLM:
         self.block_after: int | None = None  # stop answering after this many 200s (kill test)
         self.release = threading.Event()
         self.auth_failures = 0
+        self.response_formats: Counter[str] = Counter()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -174,6 +175,7 @@ class ScriptedVLM:
         assert url.startswith("data:image/jpeg;base64,")
         image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
         stage = _stage_of(text)
+        self.response_formats[json.dumps(body.get("response_format"))] += 1
         key = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
         with self.lock:
             seen = self.order.setdefault(stage, [])
@@ -548,8 +550,11 @@ def test_shards_write_apart_and_export_merges_them(
     out = tmp_path / "out"
     with ScriptedVLM() as vlm:
         for shard in ("0/2", "1/2"):
-            assert cli_main(_argv(photos, out, tiny_gdino, vlm.base_url, "--shard", shard)) == 0
+            assert (
+                cli_main(_argv(photos, out, tiny_gdino, vlm.base_url, "--shard", shard, "--json-mode")) == 0
+            )
         capsys.readouterr()
+    assert vlm.response_formats == {'{"type": "json_object"}': 15}
     assert sorted(vlm.answered.values()) == [1] * 15  # the shards never asked the same thing
     ids = [sorted(r["image_id"] for r in _records(out / f"recognise.shard{i}of2.jsonl")) for i in range(2)]
     assert sorted(ids[0] + ids[1]) == ["astronaut.png", "chelsea.png", "coffee.png"]

@@ -104,3 +104,20 @@ def test_bad_settings_and_missing_checkpoints_are_explained(tmp_path: Path, mode
         GroundingDetector(model_dir, box_threshold=1.5)
     with pytest.raises(OSError, match="--grounding-model"):
         GroundingDetector(tmp_path / "nothing-here")
+
+
+def test_a_hub_layout_checkpoint_loads_too(tmp_path: Path, model_dir: Path) -> None:
+    """Hub repos such as IDEA-Research/grounding-dino-base ship preprocessor_config.json, not
+    processor_config.json; AutoProcessor must still pick the PIL image processor (no torchvision)."""
+    import json
+    import shutil
+
+    hub = tmp_path / "hub"
+    shutil.copytree(model_dir, hub)
+    image_processor = json.loads((hub / "processor_config.json").read_text())["image_processor"]
+    (hub / "preprocessor_config.json").write_text(
+        json.dumps({**image_processor, "processor_class": "GroundingDinoProcessor"})
+    )
+    (hub / "processor_config.json").unlink()
+    det = GroundingDetector(hub)
+    assert type(det.processor.image_processor).__name__ == "GroundingDinoImageProcessorPil"
