@@ -6,9 +6,11 @@ Eval JSON files read here (one document per file, or a mapping of several docume
   "average"}``. The eight standard splits (RefCOCO val/testA/testB, RefCOCO+ val/testA/testB,
   RefCOCOg val/test) go into the paper's Table 1 layout; any other split (e.g. the synthetic test of
   the CPU demo) into a second table.
-* POPE: ``{"metric": "pope", "splits": {"random"|"popular"|"adversarial": {"accuracy", "f1",
-  "yes_ratio"[, "precision", "recall", "n"]}}}`` (``acc`` and ``yes`` are accepted too): Table 3 layout.
-* DiG: ``{"metric": "dig", "splits": {name: {"f1"[, "precision", "recall", "iou"|"mean_iou", "n"]}}}``.
+* POPE (``tinygg eval pope``): ``{"metric": "pope", "subsets": {"random"|"popular"|"adversarial":
+  {"accuracy", "f1", "yes_ratio"[, "precision", "recall", "n"]}}}`` (``splits`` for ``subsets``, ``acc``
+  and ``yes`` are accepted too): the paper's Table 3 layout.
+* DiG (``tinygg eval dig``): ``{"overall": {...}, "by_difficulty": {name: {"f1", "precision", "recall",
+  "mean_iou", ...}}, ...}``, or ``{"metric": "dig", "splits": {name: {"f1"[, "iou", ...]}}}``.
 
 All values are fractions in [0, 1]; tables print them as percentages with two decimals, as the papers do.
 The same parser turns eval JSON into the ``metrics`` of a registry entry (:func:`metrics_from_eval`),
@@ -74,21 +76,35 @@ def _fraction(value: Any, path: Path, fld: str) -> float:
     return float(value)
 
 
+def _is_dig_report(doc: Any) -> bool:
+    """``tinygg eval dig`` writes ``{"overall", "by_difficulty", "by_kind", "config"}`` (no ``metric``)."""
+    return isinstance(doc, Mapping) and "overall" in doc and "by_difficulty" in doc
+
+
+def _is_document(doc: Any) -> bool:
+    return isinstance(doc, Mapping) and ("metric" in doc or _is_dig_report(doc))
+
+
 def _parse_document(doc: Mapping[str, Any], path: Path, where: str) -> tuple[str, dict[str, float]]:
     metric = doc.get("metric")
-    splits = doc.get("splits")
+    if _is_dig_report(doc):
+        metric, key = "dig", "by_difficulty"
+        splits: Any = {**(doc.get("by_difficulty") or {}), "overall": doc.get("overall")}
+    else:
+        key = "subsets" if "subsets" in doc and "splits" not in doc else "splits"
+        splits = doc.get(key)
     if not isinstance(splits, Mapping) or not splits:
         raise EvalFileError(
-            f"{path}: field '{where}splits': expected a non-empty mapping split -> values, got {splits!r}"
+            f"{path}: field '{where}{key}': expected a non-empty mapping split -> values, got {splits!r}"
         )
     out: dict[str, float] = {}
     if metric == "acc@0.5":
         for name, v in splits.items():
             if not isinstance(v, Mapping) or "acc" not in v:
                 raise EvalFileError(
-                    f"{path}: field '{where}splits.{name}': expected {{acc, n, parse_failures}}, got {v!r}"
+                    f"{path}: field '{where}{key}.{name}': expected {{acc, n, parse_failures}}, got {v!r}"
                 )
-            out[canonical_rec_split(str(name))] = _fraction(v["acc"], path, f"{where}splits.{name}.acc")
+            out[canonical_rec_split(str(name))] = _fraction(v["acc"], path, f"{where}{key}.{name}.acc")
         avg = doc.get("average")
         out["average"] = (
             _fraction(avg, path, f"{where}average") if avg is not None else sum(out.values()) / len(out)
@@ -104,14 +120,14 @@ def _parse_document(doc: Mapping[str, Any], path: Path, where: str) -> tuple[str
         )
     for name, v in splits.items():
         if not isinstance(v, Mapping):
-            raise EvalFileError(f"{path}: field '{where}splits.{name}': expected a mapping, got {v!r}")
+            raise EvalFileError(f"{path}: field '{where}{key}.{name}': expected a mapping, got {v!r}")
         values = {_ALIASES.get(k, k): x for k, x in v.items()}
         for k in required:
-            if k not in values:
-                raise EvalFileError(f"{path}: field '{where}splits.{name}.{k}': missing (has {sorted(v)})")
+            if values.get(k) is None:
+                raise EvalFileError(f"{path}: field '{where}{key}.{name}.{k}': missing (has {sorted(v)})")
         for k in required + optional:
-            if k in values:
-                out[f"{name}/{k}"] = _fraction(values[k], path, f"{where}splits.{name}.{k}")
+            if values.get(k) is not None:  # e.g. DiG's mean_iou is null when nothing was matched
+                out[f"{name}/{k}"] = _fraction(values[k], path, f"{where}{key}.{name}.{k}")
     return task, out
 
 
@@ -124,11 +140,10 @@ def load_eval(path: str | Path) -> dict[str, dict[str, float]]:
         raise EvalFileError(f"{path}: cannot read eval JSON: {exc}") from exc
     if not isinstance(data, Mapping):
         raise EvalFileError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    docs = (
-        [(data, "")]
-        if "metric" in data
-        else [(v, f"{k}.") for k, v in data.items() if isinstance(v, Mapping) and "metric" in v]
-    )
+    if _is_document(data):
+        docs = [(data, "")]
+    else:
+        docs = [(v, f"{k}.") for k, v in data.items() if _is_document(v)]
     if not docs:
         raise EvalFileError(
             f"{path}: field 'metric': missing (expected an eval document, or a mapping of them)"

@@ -388,3 +388,41 @@ def test_publish_uploads_safetensors_configs_and_the_card(tmp_path, monkeypatch)
     assert sorted(calls[2][1]["allow_patterns"]) == ["config.json", "model.safetensors", "tokenizer.json"]
     readme = calls[3][1]["path_or_fileobj"].decode()
     assert calls[3][1]["path_in_repo"] == "README.md" and "| ckpt | – | 50.00 |" in readme
+
+
+def test_card_reads_what_the_evaluators_write(tmp_path):
+    """The eval JSON of `tinygg eval rec | pope | dig`, produced by their own summarising code."""
+    from dig.evaluate import score_predictions
+    from tinygg.evaluate.pope import summarise_pope
+    from tinygg.evaluate.rec import summarise
+
+    rec_rows = [{"split": "refcoco_testA", "hit": h, "parsed": True} for h in (1, 1, 1, 0)]
+    rec_rows += [{"split": "synthetic", "hit": h, "parsed": h} for h in (1, 0)]
+    pope_rows = [
+        {"subset": "random", "label": lab, "pred": pred, "parsed": True}
+        for lab, pred in (("yes", "yes"), ("yes", "no"), ("no", "no"), ("no", "yes"))
+    ]
+    pairs = [
+        {
+            "id": "p0",
+            "boxes": [[0, 0, 50, 50]],
+            "changes": [{"kind": "color"}],
+            "difficulty": "single",
+            "width": 100,
+            "height": 100,
+        }
+    ]
+    dig_result = score_predictions(pairs, ["[[0.0,0.0,0.5,0.5]]"])
+    files = {
+        "rec.json": summarise(rec_rows),
+        "pope.json": summarise_pope(pope_rows),
+        "dig.json": {k: v for k, v in dig_result.items() if k != "per_sample"},
+    }
+    for name, doc in files.items():
+        (tmp_path / name).write_text(json.dumps(doc))
+    text = card(str(_checkpoint(tmp_path)), [tmp_path / n for n in files], registry=Registry())
+    assert "| ckpt | – | – | 75.00 | – |" in text  # RefCOCO testA in its Table 1 column
+    assert "| synthetic | 50.00 |" in text
+    assert "| ckpt | – | 50.00 | 50.00 | 50.00 | – | – | – | – | – | – |" in text  # POPE random: acc, F1, yes
+    assert "| single | 100.00 | 100.00 | 100.00 | 100.00 |" in text
+    assert "| overall | 100.00 | 100.00 | 100.00 | 100.00 |" in text
