@@ -73,6 +73,10 @@ def test_refer_files(tmp_path):
     assert {s.split for s in only_g} == {"refcocog_val"}
     with pytest.raises(FileNotFoundError, match="refcoco\\+"):
         read_refer(tmp_path, ["refcoco+"])
+    # through data specs: explicit, auto-detected from the folder, and one dataset's own folder
+    assert len(load_rec_data([f"refer:{tmp_path}:refcocog"])[0]) == 1
+    assert len(load_rec_data([str(tmp_path)], splits=["testA"])[0]) == 2
+    assert {s.split for s in load_rec_data([f"refer:{tmp_path / 'refcoco'}"])[0]} == {"refcoco_testA", "refcoco_val"}
 
 
 def test_refer_pickle_with_objects_is_refused(tmp_path):
@@ -123,6 +127,25 @@ def test_lmms_lab_parquet(tmp_path):
     assert len(load_rec_data([f"parquet:{tmp_path / 'RefCOCOplus'}"])[0]) == 2
     named, _ = load_rec_data([f"parquet:{folder / '*.parquet'}:refcocog"])
     assert {s.split for s in named} == {"refcocog_testA"}
+
+
+def test_parquet_written_by_datasets(tmp_path):
+    """The hub's files are written by `datasets` (Image feature = struct of bytes and path): read those too."""
+    from datasets import Dataset, Features, Image, Sequence, Value
+
+    features = Features({"question_id": Value("string"), "image": Image(), "question": Value("string"),
+                         "answer": Sequence(Value("string")), "bbox": Sequence(Value("float32")),
+                         "file_name": Value("string")})
+    pil = random_image(48, 36, seed=5)
+    ds = Dataset.from_dict({"question_id": ["7"], "image": [pil], "question": ["q"], "answer": [["the dog"]],
+                            "bbox": [[1.0, 2.0, 10.0, 20.0]], "file_name": ["x.jpg"]}, features=features)
+    folder = tmp_path / "lmms-lab" / "RefCOCOg" / "data"
+    folder.mkdir(parents=True)
+    ds.to_parquet(str(folder / "val-00000-of-00001.parquet"))
+    samples, problems = load_rec_data([str(folder / "val-00000-of-00001.parquet")])
+    assert problems == [] and [(s.split, s.id, s.expression) for s in samples] == [("refcocog_val", "7_0", "the dog")]
+    assert samples[0].bbox == (1.0, 2.0, 11.0, 22.0)
+    assert list(samples[0].load_image().getdata()) == list(pil.getdata())
 
 
 def test_shikra_jsonl_and_bad_rows(tmp_path):

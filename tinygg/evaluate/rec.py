@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,10 +280,13 @@ def draw_overlays(samples: Sequence[RecSample], rows: dict[tuple[str, str], dict
 
 
 def _with_caption(image: Image.Image, text: str) -> Image.Image:
-    strip = 16
-    canvas = Image.new("RGB", (image.width, image.height + strip), (255, 255, 255))
+    """``image`` above a white strip holding ``text``, wrapped to the image's width (PIL's default font)."""
+    lines = textwrap.wrap(text, width=max(8, (image.width - 6) // 6)) or [""]
+    canvas = Image.new("RGB", (image.width, image.height + 12 * len(lines) + 4), (255, 255, 255))
     canvas.paste(image, (0, 0))
-    ImageDraw.Draw(canvas).text((3, image.height + 2), text, fill=(0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        draw.text((3, image.height + 2 + 12 * k), line, fill=(0, 0, 0))
     return canvas
 
 
