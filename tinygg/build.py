@@ -41,6 +41,7 @@ def build_model(preset: str, clip: str | None = None, dino: str | None = None, l
     TinyGGConfig.from_preset(key)  # validates the name before any download
     if key != "tiny":
         clip, dino, llm = clip or CLIP_ID, dino or DINO_ID, llm or LLM_IDS[key]
+    clip, dino, llm = (_component(c) for c in (clip, dino, llm))
     if llm:
         tokenizer = AutoTokenizer.from_pretrained(llm)
     else:
@@ -96,6 +97,23 @@ def build_model(preset: str, clip: str | None = None, dino: str | None = None, l
     gen.do_sample, gen.temperature, gen.top_p, gen.top_k = False, None, None, None
     processor = TinyGGProcessor.from_config(tokenizer, model.config)
     return model, processor
+
+
+def _component(source: str | None) -> str | None:
+    """A local directory as is; a hub id the model zoo knows is fetched at its pinned revision and verified
+    (CLIP-336 ships pickle weights only: the zoo converts them to safetensors); other hub ids go to
+    ``from_pretrained`` directly."""
+    if source is None or Path(source).is_dir():
+        return source
+    try:
+        from model_zoo import UnknownModelError, resolve_model
+    except ImportError:
+        return source
+    try:
+        return str(resolve_model(source))
+    except UnknownModelError:
+        logger.warning("%s is not in the model zoo: loading it unpinned from the hub", source)
+        return source
 
 
 def save_checkpoint(model: TinyGGForConditionalGeneration, processor: TinyGGProcessor, out: str | Path,

@@ -170,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"tinygg: error: {e}", file=sys.stderr)
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
+        # user-facing failures (bad input, missing files, downloads, publishing): one clear line, no traceback
+        if args.verbose:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"tinygg: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -20,13 +20,13 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
-    """A checkpoint directory, or a model-zoo name resolved (and downloaded/verified) by the zoo."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
+    """A checkpoint directory (refused if it holds only pickle weights), or a model-zoo name resolved,
+    downloaded and verified by the zoo."""
     try:
         from model_zoo import resolve_model  # the zoo is optional at this layer
     except ImportError:
+        if Path(name_or_path).is_dir():
+            return Path(name_or_path)
         raise FileNotFoundError(f"no checkpoint directory {str(name_or_path)!r} (and the model zoo is not "
                                 "installed to resolve it as a name)") from None
     return Path(resolve_model(str(name_or_path)))
@@ -48,7 +48,7 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, devic
     device = torch.device(device) if device is not None else best_device()
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, use_safetensors=True).to(device).eval()
     processor = AutoProcessor.from_pretrained(path)
     return model, processor
 

@@ -118,7 +118,8 @@ def load_init(cfg: TrainConfig):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = resolve_model_path(cfg.init)
-    return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    return (AutoModelForImageTextToText.from_pretrained(path, use_safetensors=True),
+            AutoProcessor.from_pretrained(path))
 
 
 def world_size() -> int:
