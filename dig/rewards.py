@@ -560,7 +560,8 @@ def _read_predictions(answers: Sequence[str], sizes: np.ndarray,
             found = BOX_PATTERN.findall(a)
             slow_numbers.extend(chain.from_iterable(found))
             slow_n.append(len(found))
-            fmt[i] = format_reward(a, cfg, *sizes[i])
+            if stripped[i][:1] == "[" and stripped[i][-1:] == "]":  # else format_reward says 0 at once
+                fmt[i] = format_reward(a, cfg, float(sizes[i, 0]), float(sizes[i, 1]))
         else:
             slow_n.append(0)
     slow_rows = np.fromiter(map(float, slow_numbers), dtype=np.float64, count=len(slow_numbers)).reshape(-1, 4)
@@ -636,7 +637,7 @@ def _read_gt(gt_boxes: Sequence[Any], sizes: np.ndarray, cfg: RewardConfig) -> t
 # ---------------------------------------------------------------------------------------------- matching
 
 
-MAX_EXHAUSTIVE = 5040  # largest number of one-to-one maps searched exhaustively (P(10, 4)); scipy beyond
+MAX_EXHAUSTIVE = 120  # most one-to-one maps searched exhaustively (e.g. 3 into 6); scipy per sample beyond
 
 
 @lru_cache(maxsize=256)
@@ -652,10 +653,10 @@ def _match(preds: np.ndarray, gts: np.ndarray, n_used: np.ndarray, n_gt: np.ndar
     """Minimum-cost one-to-one matching of every sample: preds (B, N, 4), gts (B, M, 4) in the unit frame
     -> prediction index, GT index and IoU of each pair, (B, K) each (-1, -1, 0 past a sample's pairs).
 
-    Samples are grouped by problem shape (n, m), so each group's L1 / GIoU / IoU tensors are computed at
-    once without padding; a group's problems are solved together by evaluating every one-to-one map (a
-    handful when boxes are few), or one by one with scipy's Hungarian solver when there are more than
-    ``MAX_EXHAUSTIVE`` maps. Both find the optimum.
+    L1, GIoU and IoU are computed once for every (prediction, GT) pair of the batch, without padding.
+    Samples are then grouped by problem shape (n, m); a group's problems are solved together by evaluating
+    every one-to-one map (a handful when boxes are few), or one by one with scipy's Hungarian solver when
+    there are more than ``MAX_EXHAUSTIVE`` maps. Both find the optimum.
     """
     b = len(preds)
     k = np.minimum(n_used, n_gt)
@@ -666,14 +667,23 @@ def _match(preds: np.ndarray, gts: np.ndarray, n_used: np.ndarray, n_gt: np.ndar
     active = np.flatnonzero(k > 0)
     if not len(active):
         return pair_pred, pair_gt, pair_iou
+
+    per = n_used * n_gt  # (B,) candidate pairs of each sample
+    sample = np.repeat(np.arange(b), per)  # (P,)
+    offset = np.arange(len(sample)) - (np.cumsum(per) - per)[sample]
+    row, col = offset // n_gt[sample], offset % n_gt[sample]  # prediction and GT index of each candidate
+    p, g = preds[sample, row][:, None], gts[sample, col][:, None]  # (P, 1, 4) each
+    iou_all = np.zeros(preds.shape[:2] + gts.shape[1:2])  # (B, N, M)
+    cost_all = np.zeros_like(iou_all)
+    iou_all[sample, row, col] = box_iou(p, g)[:, 0, 0]
+    cost_all[sample, row, col] = (cfg.lambda_l1 * np.abs(p - g).sum(-1)[:, 0]
+                                  - cfg.lambda_giou * generalized_box_iou(p, g)[:, 0, 0])
+
     shapes = n_used[active] * (gts.shape[1] + 1) + n_gt[active]
     for key in np.unique(shapes):
         idx = active[shapes == key]
         n, m = int(n_used[idx[0]]), int(n_gt[idx[0]])
-        p, g = preds[idx, :n], gts[idx, :m]  # (G, n, 4), (G, m, 4)
-        iou = box_iou(p, g)  # (G, n, m)
-        cost = (cfg.lambda_l1 * np.abs(p[:, :, None, :] - g[:, None, :, :]).sum(-1)
-                - cfg.lambda_giou * generalized_box_iou(p, g))  # (G, n, m)
+        iou, cost = iou_all[idx, :n, :m], cost_all[idx, :n, :m]  # (G, n, m)
         flip = n > m
         if flip:
             cost = cost.transpose(0, 2, 1)  # rows are now the smaller side
