@@ -4,8 +4,9 @@ over the image patches, drawn as a heat map on the image (the paper's Figure 5).
 The answer is generated greedily; then the prompt plus answer go through the model once more with eager
 attention (the fused kernels do not return weights) and ``output_attentions``. The rows of the tokens that
 spell the first ``[x1,y1,x2,y2]`` of the answer (all answer tokens when it holds no box) are averaged over
-heads and tokens, restricted to the ``<image>`` placeholder columns, laid out on the patch grid, upsampled
-to the padded square, cropped back to the original image and blended over it with the predicted box.
+heads and tokens, restricted to the columns of the first ``<image>``'s placeholders, laid out on the patch
+grid, upsampled to the padded square, cropped back to the original image and blended over it with the
+predicted box.
 
     tinygg predict --model M --image photo.jpg --prompt "Output the coordinate of the dog" --attention att.png
 """

@@ -129,7 +129,7 @@ def evaluate_rec(model, processor, samples: Sequence[RecSample], out_dir: str | 
                           max_new_tokens=max_new_tokens, length=lambda s: len(s.expression), progress=progress,
                           gen_kwargs=gen_kwargs)
     rows = [rescore(done[s.key]) for s in samples if s.key in done]
-    metrics = summarise(rows)
+    metrics = dict(summarise(rows), run=settings)
     write_metrics(out, metrics, problems)
     if vis:
         by_key = {(r["split"], r["id"]): r for r in rows}

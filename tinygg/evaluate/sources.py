@@ -12,7 +12,9 @@ REC (referring expression comprehension) samples come from
   ``question_id``, ``image`` {bytes}, ``answer`` (list of sentences), ``bbox`` [x, y, w, h] in pixels,
   ``file_name``). The split comes from each file name (``val-00000-of-00004.parquet``) or its folder
   (``default/val/0000.parquet``), the dataset from the path (``RefCOCOplus`` -> refcoco+) or ``DATASET``.
-  Each sentence of ``answer`` is one sample.
+  Each sentence of ``answer`` is one sample (as lmms-eval explodes them). These files' row counts differ
+  from the refer API's standard splits (lmms-eval issue #1066), so their numbers are not directly
+  comparable with papers that used the refer files.
 * ``jsonl:PATH[:NAME]`` -- Shikra-style JSONL, one ``{"img_path", "expression", "bbox": [x1,y1,x2,y2]}``
   per line (pixels; optional ``id``, ``width``, ``height``), image paths relative to the file's folder or
   to ``--image-root``. This is also what ``tinygg data synth`` writes as ``test_rec.jsonl``. The split
