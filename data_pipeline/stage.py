@@ -2,7 +2,7 @@
 
 A stage reads its predecessor's JSONL (one record per image), skips the images its own JSONL already
 holds, processes the rest and appends one record per image as soon as that image is done. A record
-with an ``"error"`` field is final for that image (for example an unrecoverable answer) and is not
+may note partial losses in ``"problems": {what: why}``; a record with an ``"error"`` field is final for that image (for example an unrecoverable answer) and is not
 passed on; an image whose VLM request failed after every retry gets no record at all, so the next run
 tries it again.
 """
@@ -37,7 +37,8 @@ class StageReport:
     stage: str
     done_before: int = 0  # images already finished by an earlier run
     written: int = 0  # records written by this run (including error records)
-    errors: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)  # images lost at this stage, by reason
+    problems: Counter[str] = field(default_factory=Counter)  # partial losses (e.g. one rejected answer)
     pending: int = 0  # images left without a record (their requests failed); a rerun retries them
 
     def as_dict(self) -> dict[str, Any]:
@@ -46,6 +47,7 @@ class StageReport:
             "done_before": self.done_before,
             "written": self.written,
             "errors": dict(self.errors),
+            "problems": dict(self.problems),
             "pending": self.pending,
         }
 
@@ -103,6 +105,14 @@ def split_pending(ctx: RunContext, stage: str, records: Records) -> tuple[Pendin
     return Pending(records, done, todo), report
 
 
+def _tally(report: StageReport, record: dict[str, Any], result: dict[str, Any]) -> None:
+    report.written += 1
+    if "error" in result:
+        report.errors[result["error"].split(":")[0]] += 1
+    known = record.get("problems", {})
+    report.problems.update(k for k in result.get("problems", {}) if k not in known)
+
+
 def run_sync_stage(
     ctx: RunContext, stage: str, records: Records, process: Callable[[dict[str, Any]], dict[str, Any]]
 ) -> StageReport:
@@ -114,9 +124,7 @@ def run_sync_stage(
         for record in tqdm(todo, total=todo.count, desc=stage, unit="img"):
             result = process(record)
             out.write(result)
-            report.written += 1
-            if "error" in result:
-                report.errors[result["error"].split(":")[0]] += 1
+            _tally(report, record, result)
     return report
 
 
@@ -163,9 +171,7 @@ def run_vlm_stage(
                     finally:
                         bar.update(1)
                     out.write(result)
-                    report.written += 1
-                    if "error" in result:
-                        report.errors[result["error"].split(":")[0]] += 1
+                    _tally(report, record, result)
 
             workers = min(todo.count, 2 * vlm.settings.concurrency)
             try:

@@ -328,6 +328,8 @@ def test_end_to_end_every_family_faults_and_rerun(
         assert stats["retries"] == 4 and stats["answered"] == 15
         assert stats["json_repaired"] == 1 and stats["json_rejected"] == 1
         assert summary["pending_images"] == 0
+        qa_report = next(s for s in summary["stages"] if s["stage"] == "qa")
+        assert qa_report["problems"] == {"qa.description": 1} and qa_report["errors"] == {}
 
         # usage log: one line per answered request, cost from the configured prices
         usage = [json.loads(line) for line in (out / "usage.jsonl").read_text().splitlines()]

@@ -3,7 +3,7 @@
 Three VLM requests per image, sent concurrently: fine-grained grounding (expressions + relation QAs),
 a multi-round grounding conversation, and a grounding description; they are cached under the stage names
 ``qa.fine_grained``, ``qa.conversation`` and ``qa.description``. One unusable answer costs only its own
-families (the reason is kept in ``"qa_errors"``); an image that yields no sample at all gets an error.
+families (the reason is kept in ``"problems"``); an image that yields no sample at all gets an error.
 
 Output record: the input plus ``"samples": [{"family", "conversations", "objects", "refs"}, ...]``.
 """
@@ -83,7 +83,7 @@ def run(ctx: RunContext) -> StageReport:
                 errors[kind] = str(exc)
         out = {**record, "samples": samples, "qa_dropped": dropped}
         if errors:
-            out["qa_errors"] = errors
+            out["problems"] = {**record.get("problems", {}), **{f"qa.{k}": v for k, v in errors.items()}}
         if not samples:
             out["error"] = f"no samples: {errors or 'every item was unusable'}"
         return out

@@ -3,7 +3,7 @@
 Output record: the input plus ``"relations": [["o1", "holding", "o2"], ...]`` (ids of grounded objects;
 triples naming unknown ids or an object related to itself are dropped and counted in
 ``"relations_dropped"``). An unrecoverable answer leaves ``relations`` empty and says why in
-``"relations_error"``: relations only enrich the QA prompts, so the image goes on.
+``"problems": {"relate": reason}``: relations only enrich the QA prompts, so the image goes on.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def run(ctx: RunContext) -> StageReport:
             relations, dropped = parse_relations(answer.value, {o["id"] for o in record["objects"]})
         except MalformedAnswer as exc:
             # relations only enrich the QA prompts: go on without them, but keep the reason
-            return {**record, "relations": [], "relations_dropped": 0, "relations_error": str(exc)}
+            return {**record, "relations": [], "relations_dropped": 0, "problems": {"relate": str(exc)}}
         return {**record, "relations": relations, "relations_dropped": dropped}
 
     return run_vlm_stage(ctx, STAGE, records, process)
