@@ -101,7 +101,7 @@ def test_cli_resumes_an_interrupted_run(tiny_checkpoint, rec_jsonl, tmp_path, ca
 
 
 def test_cli_scores_existing_predictions(rec_jsonl, tmp_path, capsys):
-    samples = {s.id: s for s in read_jsonl(rec_jsonl)[0]}
+    samples = {s.id: s for s in read_jsonl(rec_jsonl)[0]}  # (sizes and GT boxes of the samples)
 
     def square(sid, box):
         s = samples[sid]
@@ -115,15 +115,18 @@ def test_cli_scores_existing_predictions(rec_jsonl, tmp_path, capsys):
         {"id": "s2", "prediction": square("s2", [0, 0, 3, 3])},  # wrong place: miss
         # half the GT's width: IoU 0.5 up to the 3-decimal rounding of the text (50x50 image: exact)
         {"id": "s3", "output": square("s3", [x1, y1, x1 + (x2 - x1) / 2, y2])},
+        {"id": "s4", "split": "test", "answer": "[0,0,1,1]"},  # a bare split name that names one sample: ok
         {"id": "nope", "answer": "[0,0,1,1]"},  # not in the data: reported
         {"answer": "[0,0,1,1]"},  # no id: reported
     ]
     pred = tmp_path / "other_system.jsonl"
     pred.write_text("".join(json.dumps(a) + "\n" for a in answers))
     out = tmp_path / "scored"
-    assert main(["eval", "rec", "--predictions", str(pred), "--data", str(rec_jsonl), "--out", str(out)]) == 0
+    assert main(["eval", "rec", "--predictions", str(pred), "--data", f"jsonl:{rec_jsonl}:refcocog_test", "--out",
+                 str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["splits"]["test_rec"] == {"acc": 0.5, "n": 4, "parse_failures": 1, "hits": 2}
+    assert m["splits"]["refcocog_test"] == {"acc": 0.4, "n": 5, "parse_failures": 1, "hits": 2}
+    assert m["skipped_rows"] == 3  # the data's missing image, the unknown id, the line without an id
     rows = {r["id"]: r for r in _lines(out / "predictions.jsonl")}
     assert rows["s3"]["iou"] == 0.5 and rows["s3"]["hit"]
     # our own predictions.jsonl carries its GT: it can be scored again without --data

@@ -204,3 +204,13 @@ def test_pope_files(tmp_path):
                                                         ("random", "1", "yes"), ("random", "2", "no")]
     assert sorted((p.row, p.field) for p in problems) == [(3, "label"), (3, "label"), (4, "image"), (4, "image")]
     assert pope_subset_name("aokvqa_pope_seem_popular.json") == "popular"
+
+
+def test_gt_boxes_a_hair_outside_are_clipped_not_dropped(tmp_path):
+    random_image(200, 100, 1).save(tmp_path / "a.png")
+    rows = [{"img_path": "a.png", "expression": "rounding", "bbox": [-0.4, 2, 201.5, 100.2]},  # within 1% of 200
+            {"img_path": "a.png", "expression": "far out", "bbox": [10, 2, 215, 50]}]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples, problems = read_jsonl(tmp_path / "r.jsonl")
+    assert [s.bbox for s in samples] == [(0.0, 2.0, 200.0, 100.0)]
+    assert [(p.row, p.field) for p in problems] == [(2, "bbox")]

@@ -32,7 +32,7 @@ from ..draw import GT_COLOR, PRED_COLOR, draw_boxes
 from ..inference import Query
 from .journal import open_run, write_skipped
 from .runner import run_generation
-from .sources import BadRow, RecSample, iter_jsonl
+from .sources import BadRow, RecSample, iter_jsonl, select_splits
 
 logger = logging.getLogger(__name__)
 
@@ -188,6 +188,9 @@ def score_predictions(path: str | os.PathLike, samples: Sequence[RecSample] | No
         if samples is not None:
             if split is not None:
                 sample = by_key.get((str(split), sid))
+                if sample is None:  # "val" for "refcoco_val": accept when it names one sample
+                    cands = [c for c in by_id.get(sid, []) if select_splits([c.split], [str(split)])]
+                    sample = cands[0] if len(cands) == 1 else None
             else:
                 cands = by_id.get(sid, [])
                 if len(cands) > 1:

@@ -37,6 +37,7 @@ import glob
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -57,6 +58,7 @@ REFS_FILES = {"refcoco": "refs(unc).p", "refcoco+": "refs(unc).p", "refcocog": "
 EVAL_SPLITS = {"refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"),
                "refcocog": ("val", "test")}
 KINDS = ("refer", "parquet", "jsonl")
+OVERSHOOT = 0.01  # GT boxes this far (share of the image side) outside the image are clipped, not dropped
 _SPLIT_WORDS = {"val": "val", "validation": "val", "testa": "testA", "testb": "testB", "test": "test",
                 "train": "train"}
 _SPLIT_RE = re.compile(r"(?:^|[_\-./\\])(val|validation|testa|testb|test|train)(?=$|[_\-./\\])", re.IGNORECASE)
@@ -192,13 +194,21 @@ def _image_size(path: str, file: str, row: int | str, field: str, problems: list
 
 def _checked_box(box: Any, width: int, height: int, file: str, row: int | str, field: str,
                  problems: list[BadRow], xywh: bool) -> tuple[float, float, float, float] | None:
-    """The GT box as pixel xyxy, validated against the image; a bad box is recorded and None returned."""
+    """The GT box as pixel xyxy, validated against the image; a bad box is recorded and None returned.
+
+    A box that overshoots the image by at most ``OVERSHOOT`` (annotation rounding, as in a few COCO boxes)
+    is clipped rather than dropped, so the split keeps its standard size.
+    """
     try:
         vals = [float(v) for v in box]
         if len(vals) != 4:
             raise ValueError(f"expected 4 numbers, got {len(vals)}")
         if xywh:
             vals = [float(v) for v in xywh_to_xyxy(vals)]
+        if all(math.isfinite(v) for v in vals):
+            tol = OVERSHOOT * max(width, height)
+            if -tol <= min(vals[0], vals[1]) and vals[2] <= width + tol and vals[3] <= height + tol:
+                vals = [max(0.0, vals[0]), max(0.0, vals[1]), min(float(width), vals[2]), min(float(height), vals[3])]
         vals = validate_pixel_box(vals, width, height, where="the GT box")
     except (TypeError, ValueError) as e:
         form = "[x, y, w, h]" if xywh else "[x1, y1, x2, y2]"
