@@ -72,7 +72,7 @@ def summarise_pope(rows: Sequence[dict]) -> dict[str, Any]:
             "note": "an answer's first yes/no word is its verdict; answers with neither count as 'no' (unparsed)"}
 
 
-def pope_row(q: PopeQuestion, answer: str, prompt: str) -> dict[str, Any]:
+def pope_row(q: PopeQuestion, answer: str, prompt: str | None) -> dict[str, Any]:
     pred, parsed = parse_yes_no(answer)
     return {"id": q.id, "subset": q.subset, "image": q.image, "question": q.text, "label": q.label,
             "prompt": prompt, "answer": answer, "pred": pred, "parsed": parsed}
@@ -99,12 +99,8 @@ def evaluate_pope(model, processor, questions: Sequence[PopeQuestion], out_dir: 
     done = run_generation(model, processor, questions, build, row, journal, problems, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, length=lambda q: len(q.text), progress=progress,
                           gen_kwargs=gen_kwargs)
-    rows = []
-    for q in questions:
-        r = done.get(q.key)
-        if r is not None:  # verdicts are parsed again from the stored text
-            pred, parsed = parse_yes_no(r["answer"])
-            rows.append(dict(r, pred=pred, parsed=parsed))
+    # verdicts are parsed again from the stored answer text
+    rows = [pope_row(q, done[q.key]["answer"], done[q.key].get("prompt")) for q in questions if q.key in done]
     metrics = summarise_pope(rows)
     metrics["skipped_rows"] = len(problems)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -97,11 +97,13 @@ def summarise(rows: Iterable[dict], threshold: float = IOU_THRESHOLD) -> dict[st
             "average": average, "note": METRIC_NOTE}
 
 
-def write_metrics(out_dir: Path, metrics: dict, problems: Sequence[BadRow]) -> None:
+def write_metrics(out_dir: Path, metrics: dict, problems: Sequence[BadRow]) -> dict[str, Any]:
+    """Write ``metrics.json`` (with the count of skipped rows) and ``skipped.jsonl``; the metrics written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = dict(metrics, skipped_rows=len(problems))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_skipped(out_dir, problems)
+    return metrics
 
 
 def evaluate_rec(model, processor, samples: Sequence[RecSample], out_dir: str | os.PathLike, *,
@@ -128,19 +130,13 @@ def evaluate_rec(model, processor, samples: Sequence[RecSample], out_dir: str | 
     done = run_generation(model, processor, samples, build, row, journal, problems, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, length=lambda s: len(s.expression), progress=progress,
                           gen_kwargs=gen_kwargs)
-    rows = [rescore(done[s.key]) for s in samples if s.key in done]
-    metrics = dict(summarise(rows), run=settings)
-    write_metrics(out, metrics, problems)
+    # scored again from the stored answer text against the current GT: the metric never trusts stored verdicts
+    rows = [rec_row(s, done[s.key]["answer"], done[s.key].get("prompt")) for s in samples if s.key in done]
+    metrics = write_metrics(out, dict(summarise(rows), run=settings), problems)
     if vis:
         by_key = {(r["split"], r["id"]): r for r in rows}
         draw_overlays([s for s in samples if s.key in by_key][:vis], by_key, out / "vis")
     return metrics
-
-
-def rescore(row: dict) -> dict:
-    """A journal row scored again from its answer text (so the metric never trusts stored verdicts)."""
-    s = score_answer(row["answer"], row["gt_box"], int(row["width"]), int(row["height"]))
-    return dict(row, pred_box=s.pred_box, iou=s.iou, hit=s.hit, parsed=s.parsed)
 
 
 # ---------------------------------------------------------------------------------------------- existing predictions
@@ -250,8 +246,7 @@ def score_existing(path: str | os.PathLike, out_dir: str | os.PathLike, samples:
     if scored.resolve() == Path(path).resolve():
         raise ValueError(f"--out {out} would overwrite the predictions being scored; choose another --out")
     scored.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    metrics = dict(summarise(rows), predictions=str(path))
-    write_metrics(out, metrics, problems)
+    metrics = write_metrics(out, dict(summarise(rows), predictions=str(path)), problems)
     if vis:
         drawable = [s for s in used if s.image_path or s.image_bytes][:vis]
         draw_overlays(drawable, {(r["split"], r["id"]): r for r in rows}, out / "vis")
