@@ -49,6 +49,17 @@ written. Prices for the cost log: --price-input/--price-output or ${ENV_PRICE_IN
 """
 
 
+_FILTER_HELP = {  # FilterSettings field -> flag help; each becomes --field-name
+    "min_object_area": "smallest object image, as a share of the image area",
+    "max_object_area": "largest object image, as a share of the image area",
+    "min_object_side": "shortest side of an object image in pixels",
+    "max_option_iou": "largest IoU between two object images of one sample (e.g. answer options)",
+    "min_score": "lowest grounding score of an object a sample uses",
+    "max_instances": "most boxes one object name may have before it counts as ambiguous",
+    "max_boxes": "most boxes (object images plus box texts) in one sample",
+}
+
+
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``pipeline`` to the sub-parsers of ``tinygg data``."""
     p = subparsers.add_parser(
@@ -78,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         metavar="I/N",
         help="process only shard I of N (every N-th image); outputs get a .shardIofN suffix",
+    )
+    io.add_argument(
+        "--redo",
+        action="store_true",
+        help="discard the outputs of the selected stages and run them again (VLM answers still come from "
+        "the cache for free: use it after changing filters, question templates or thresholds)",
     )
     io.add_argument(
         "--prompts",
@@ -208,57 +225,19 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--conversation-rounds", type=int, metavar="N", default=4, help="rounds per conversation (default 4)"
     )
 
-    d = FilterSettings()
-    f = p.add_argument_group("filters")
-    f.add_argument(
-        "--min-object-area",
-        type=float,
-        metavar="X",
-        default=d.min_object_area,
-        help=f"smallest object image, as a share of the image area (default {d.min_object_area})",
+    defaults = FilterSettings()
+    f = p.add_argument_group(
+        "filters (the paper's section 3.2; try others with --stages filter,export --redo)"
     )
-    f.add_argument(
-        "--max-object-area",
-        type=float,
-        metavar="X",
-        default=d.max_object_area,
-        help=f"largest object image, as a share of the image area (default {d.max_object_area})",
-    )
-    f.add_argument(
-        "--min-object-side",
-        type=float,
-        metavar="X",
-        default=d.min_object_side,
-        help=f"shortest side of an object image in pixels (default {d.min_object_side:g})",
-    )
-    f.add_argument(
-        "--max-option-iou",
-        type=float,
-        metavar="X",
-        default=d.max_option_iou,
-        help=f"largest IoU between two object images of one sample (default {d.max_option_iou})",
-    )
-    f.add_argument(
-        "--min-score",
-        type=float,
-        metavar="X",
-        default=d.min_score,
-        help=f"lowest grounding score of an object a sample uses (default {d.min_score})",
-    )
-    f.add_argument(
-        "--max-instances",
-        type=int,
-        metavar="N",
-        default=d.max_instances,
-        help=f"most boxes one object name may have before it counts as ambiguous (default {d.max_instances})",
-    )
-    f.add_argument(
-        "--max-boxes",
-        type=int,
-        metavar="N",
-        default=d.max_boxes,
-        help=f"most boxes in one sample (default {d.max_boxes})",
-    )
+    for name, text in _FILTER_HELP.items():
+        default = getattr(defaults, name)
+        f.add_argument(
+            "--" + name.replace("_", "-"),
+            type=type(default),
+            metavar="N" if isinstance(default, int) else "X",
+            default=default,
+            help=f"{text} (default {default:g})",
+        )
     p.set_defaults(func=handle_pipeline)
     return p
 
@@ -294,15 +273,7 @@ def handle_pipeline(args: argparse.Namespace) -> int:
             conversation_rounds=args.conversation_rounds,
             prompts_dir=args.prompts,
             seed=args.seed,
-            filters=FilterSettings(
-                min_object_area=args.min_object_area,
-                max_object_area=args.max_object_area,
-                min_object_side=args.min_object_side,
-                max_option_iou=args.max_option_iou,
-                min_score=args.min_score,
-                max_instances=args.max_instances,
-                max_boxes=args.max_boxes,
-            ),
+            filters=FilterSettings(**{name: getattr(args, name) for name in _FILTER_HELP}),
         )
         shard = Shard.parse(args.shard)
     except ValueError as exc:
@@ -310,7 +281,13 @@ def handle_pipeline(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = run_pipeline(
-            args.images, args.out, stages=stages, shard=shard, vlm_settings=settings, options=options
+            args.images,
+            args.out,
+            stages=stages,
+            redo=args.redo,
+            shard=shard,
+            vlm_settings=settings,
+            options=options,
         )
     except (VLMConfigurationError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"tinygg data pipeline: error: {exc}", file=sys.stderr)

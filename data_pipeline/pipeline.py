@@ -81,12 +81,16 @@ def run_pipeline(
     out_dir: str | Path,
     *,
     stages: list[str] | None = None,
+    redo: bool = False,
     shard: Shard | None = None,
     vlm_settings: VLMSettings | None = None,
     options: PipelineOptions | None = None,
     vlm_client: VLMClient | None = None,
 ) -> dict[str, Any]:
-    """Run ``stages`` (default: all) and return the run summary (also written to run_summary.json)."""
+    """Run ``stages`` (default: all) and return the run summary (also written to run_summary.json).
+
+    ``redo`` first discards the selected stages' outputs (never the answer cache or the usage log).
+    """
     image_dir, out_dir = Path(image_dir), Path(out_dir)
     stages = list(STAGES) if stages is None else stages
     shard = shard or Shard()
@@ -119,6 +123,11 @@ def run_pipeline(
             "filters": options.filters,
         },
     )
+    if redo:  # export rewrites its files anyway; answers.jsonl and usage.jsonl are never discarded
+        for stage in stages:
+            if stage != "export" and ctx.stage_path(stage).exists():
+                logger.info("--redo: discarding %s", ctx.stage_path(stage))
+                ctx.stage_path(stage).unlink()
     reports: list[StageReport] = []
     try:
         for stage in stages:

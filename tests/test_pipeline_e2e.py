@@ -246,43 +246,21 @@ def tiny_gdino(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_grounding_dino(tmp_path_factory.mktemp("gdino") / "tiny", words=words)
 
 
+def _vlm_argv(images: Path, out: Path, base_url: str, options: str = "") -> list[str]:
+    """``pipeline`` arguments for a run against the scripted server; ``options`` is split on spaces."""
+    return ["pipeline", "--images", str(images), "--out", str(out), "--base-url", base_url, *options.split()]
+
+
+# thresholds low enough for a random GroundingDINO to ground something; fast retries; prices for the log
+_FULL_RUN = (
+    "--model test-vlm --box-threshold 0.05 --text-threshold 0.0 --max-instances 30 --min-score 0.05 "
+    "--min-object-area 0.0005 --max-object-area 0.95 --max-option-iou 0.9 --timeout 1.0 --backoff 0.05 "
+    "--price-input 2.5 --price-output 10"
+)
+
+
 def _argv(photos: Path, out: Path, gdino: Path, base_url: str, *extra: str) -> list[str]:
-    return [
-        "pipeline",
-        "--images",
-        str(photos),
-        "--out",
-        str(out),
-        "--base-url",
-        base_url,
-        "--model",
-        "test-vlm",
-        "--grounding-model",
-        str(gdino),
-        "--box-threshold",
-        "0.05",
-        "--text-threshold",
-        "0.0",
-        "--max-instances",
-        "30",
-        "--min-score",
-        "0.05",
-        "--min-object-area",
-        "0.0005",
-        "--max-object-area",
-        "0.95",
-        "--max-option-iou",
-        "0.9",
-        "--timeout",
-        "1.0",
-        "--backoff",
-        "0.05",
-        "--price-input",
-        "2.5",
-        "--price-output",
-        "10",
-        *extra,
-    ]
+    return [*_vlm_argv(photos, out, base_url, _FULL_RUN), "--grounding-model", str(gdino), *extra]
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -376,6 +354,32 @@ def test_end_to_end_every_family_faults_and_rerun(
         assert all(s["written"] == 0 for s in rerun["stages"] if s["stage"] != "export")
         assert json.loads((out / "train.json").read_text()) == train
 
+        # other filter settings, applied again with --redo: no request, fewer samples, reasons counted
+        assert (
+            cli_main(
+                _argv(
+                    photos,
+                    out,
+                    tiny_gdino,
+                    vlm.base_url,
+                    "--stages",
+                    "filter,export",
+                    "--redo",
+                    "--max-boxes",
+                    "1",
+                )
+            )
+            == 0
+        )
+        capsys.readouterr()
+        assert sum(vlm.answered.values()) == first_answers
+        strict = json.loads((out / "train.json").read_text())
+        assert 0 < len(strict) < len(train)
+        assert json.loads((out / "export_stats.json").read_text())["dropped"]["too_many_boxes"] == len(
+            train
+        ) - len(strict)
+        assert {s["id"].split("#")[1] for s in strict} == {"text_to_box", "box_to_text"}  # 1 box each
+
     # the key is used (the server checked it) but never printed, logged or written
     captured = capsys.readouterr()
     assert KEY not in captured.out + captured.err + caplog.text
@@ -388,21 +392,9 @@ def test_bad_key_stops_the_run_with_a_clear_error(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-key-123456")
     with ScriptedVLM() as vlm:
         rc = cli_main(
-            [
-                "pipeline",
-                "--images",
-                str(photos),
-                "--out",
-                str(tmp_path / "o"),
-                "--base-url",
-                vlm.base_url,
-                "--stages",
-                "recognise",
-                "--backoff",
-                "0.01",
-                "--concurrency",
-                "1",
-            ]
+            _vlm_argv(
+                photos, tmp_path / "o", vlm.base_url, "--stages recognise --backoff 0.01 --concurrency 1"
+            )
         )
         err = capsys.readouterr().err
     assert rc == 1 and "answered 401" in err and "OPENAI_API_KEY" in err
@@ -419,22 +411,7 @@ def test_a_corrupt_image_gets_an_error_record_and_the_others_go_on(
     (images / "astronaut.png").write_bytes((photos / "astronaut.png").read_bytes())
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     with ScriptedVLM() as vlm:
-        assert (
-            cli_main(
-                [
-                    "pipeline",
-                    "--images",
-                    str(images),
-                    "--out",
-                    str(tmp_path / "o"),
-                    "--base-url",
-                    vlm.base_url,
-                    "--stages",
-                    "recognise",
-                ]
-            )
-            == 0
-        )
+        assert cli_main(_vlm_argv(images, tmp_path / "o", vlm.base_url, "--stages recognise")) == 0
         capsys.readouterr()
     records = {r["image_id"]: r for r in _records(tmp_path / "o" / "recognise.jsonl")}
     assert (
@@ -452,21 +429,7 @@ def test_server_down_leaves_images_pending_and_a_rerun_finishes(
     out = tmp_path / "o"
     faults = {("recognise", i): [500, 500, 500] for i in range(3)}
     with ScriptedVLM(faults) as vlm:
-        argv = [
-            "pipeline",
-            "--images",
-            str(photos),
-            "--out",
-            str(out),
-            "--base-url",
-            vlm.base_url,
-            "--stages",
-            "recognise",
-            "--max-retries",
-            "1",
-            "--backoff",
-            "0.01",
-        ]
+        argv = _vlm_argv(photos, out, vlm.base_url, "--stages recognise --max-retries 1 --backoff 0.01")
         assert cli_main(argv) == 3  # every image failed twice (1 retry): pending, exit 3
         assert _records(out / "recognise.jsonl") == []
         assert cli_main(argv) == 0  # third attempt still fails, the retry (fourth) is answered
