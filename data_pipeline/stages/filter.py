@@ -1,6 +1,7 @@
 """Stage 5, filter: drop the samples :func:`data_pipeline.filters.drop_reason` rejects.
 
-No model is called, so it is cheap to rerun with other settings: ``--stages filter,export --redo``. Output record: the input with the kept ``"samples"`` and
+No model is called, so it is cheap to rerun with other settings: ``--stages filter,export --redo``.
+Output record: the input with the kept ``"samples"`` and
 ``"dropped": {reason: count}``.
 """
 
