@@ -85,3 +85,17 @@ def test_module_doctests():
     for module in (tinygg.evaluate.report, tinygg.evaluate.pope):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_other_systems_box_formats():
+    from tinygg.evaluate.rec import answer_box_to_pixels
+
+    gt, w, h = [20.0, 10.0, 60.0, 30.0], 80, 40  # square side 80, image at y offset 20
+    assert score_answer("[0.250,0.375,0.750,0.625]", gt, w, h).iou == 1.0  # padded square (default)
+    assert score_answer("[0.25,0.25,0.75,0.75]", gt, w, h, box_format="image").iou == 1.0
+    assert score_answer("(20,10),(60,30) -> [20, 10, 60, 30]", gt, w, h, box_format="pixel").iou == 1.0
+    assert score_answer("[250,250,750,750]", gt, w, h, box_format="grid1000").iou == 1.0
+    assert score_answer("[0.25,0.25,0.75,0.75]", gt, w, h).iou == 0.5  # the image-normalised box read as square
+    assert answer_box_to_pixels(np.array([-5.0, 0, 100, 50]), w, h, "pixel").tolist() == [0, 0, 80, 40]
+    with pytest.raises(ValueError, match="box format"):
+        answer_box_to_pixels(np.zeros(4), w, h, "xywh")

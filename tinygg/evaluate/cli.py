@@ -76,6 +76,9 @@ def cmd_rec(args: argparse.Namespace) -> int:
     from .report import rec_details, rec_table
     from .sources import load_rec_data
 
+    if args.box_format != "square" and not args.predictions:
+        raise ValueError("--box-format is for scoring --predictions of other systems; this model writes boxes "
+                         "normalised to the padded square")
     if not args.data and not args.predictions:
         raise ValueError("--data is required with --model (see `tinygg eval rec --help` for the data specs)")
     samples, problems = (load_rec_data(args.data, args.splits, image_root=args.image_root)
@@ -87,7 +90,8 @@ def cmd_rec(args: argparse.Namespace) -> int:
             counts[s.split] += 1
         logger.info("REC data: %s (%d rows skipped)", dict(counts), len(problems))
     if args.predictions:
-        metrics = score_existing(args.predictions, args.out, samples, problems, vis=args.vis)
+        metrics = score_existing(args.predictions, args.out, samples, problems, vis=args.vis,
+                                 box_format=args.box_format)
     else:
         from ..inference import load_model
 
@@ -151,6 +155,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default=REC_PROMPT, metavar="TEMPLATE",
                    help="prompt template; <exp> is replaced by the expression")
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit (a box is ~30 tokens)")
+    p.add_argument("--box-format", default="square", choices=["square", "image", "pixel", "grid1000"],
+                   help="with --predictions: how the other system writes boxes: square = normalised to the padded "
+                        "square (this project, GroundingGPT, Shikra); image = normalised to the image's width and "
+                        "height; pixel = absolute pixels (Qwen2.5-VL); grid1000 = 0-1000 of the image (Qwen-VL)")
     p.add_argument("--image-root", help="folder the image paths of refer/JSONL data are relative to")
     p.add_argument("--model-name", help="row label in the printed table; the model folder name when not given")
     p.add_argument("--fresh", action="store_true", help="discard predictions of an earlier run in --out")

@@ -42,6 +42,7 @@ IOU_THRESHOLD = 0.5
 HIT_RULE = "IoU >= 0.5"
 METRIC_NOTE = ("Acc@0.5: a prediction is correct when IoU(pred, GT) >= 0.5 (the first box of the answer, in "
                "original image pixels); an answer without a box counts as a miss (parse failure).")
+BOX_FORMATS = ("square", "image", "pixel", "grid1000")
 ID_FIELDS = ("id", "question_id", "sample_id", "ref_id")
 TEXT_FIELDS = ("answer", "text", "prediction", "pred", "output", "response")
 
@@ -56,13 +57,31 @@ class RecScore:
     parsed: bool
 
 
+def answer_box_to_pixels(box: np.ndarray, width: int, height: int, box_format: str = "square") -> np.ndarray:
+    """A parsed answer box (4,) -> pixel ``[x1,y1,x2,y2]`` clipped to the image, corners ordered.
+
+    ``box_format``: ``square`` (this project and GroundingGPT/Shikra: normalised to the padded square),
+    ``image`` (normalised to the image's own width and height, as lmms-eval's prompt asks), ``pixel``
+    (absolute pixels, Qwen2.5-VL) or ``grid1000`` (integers 0-1000 relative to the image, Qwen-VL/Qwen3-VL).
+    """
+    b = canonical(box)
+    if box_format == "square":
+        return square_to_pixel(b, width, height)
+    scale = {"image": 1.0, "pixel": None, "grid1000": 1000.0}
+    if box_format not in scale:
+        raise ValueError(f"box format must be one of {BOX_FORMATS}; got {box_format!r}")
+    if scale[box_format] is not None:
+        b = b / scale[box_format] * np.array([width, height, width, height], dtype=np.float64)
+    return np.clip(b, 0, [width, height, width, height])
+
+
 def score_answer(answer: str, gt_box: Sequence[float], width: int, height: int,
-                 threshold: float = IOU_THRESHOLD) -> RecScore:
+                 threshold: float = IOU_THRESHOLD, box_format: str = "square") -> RecScore:
     """Score a model's answer against a pixel GT box ``[x1,y1,x2,y2]`` of a ``width x height`` image."""
     box = parse_box(answer)
     if box is None:
         return RecScore(None, 0.0, False, False)
-    pred = square_to_pixel(canonical(box), width, height)  # (4,) pixels, clipped to the image
+    pred = answer_box_to_pixels(box, width, height, box_format)  # (4,) pixels, clipped to the image
     iou = float(box_iou_aligned(pred, np.asarray(gt_box, dtype=np.float64)))
     return RecScore([float(v) for v in pred], iou, iou >= threshold, True)
 
@@ -73,9 +92,9 @@ def make_prompt(template: str, expression: str) -> str:
     return template.replace(EXPRESSION_SLOT, expression)
 
 
-def rec_row(sample: RecSample, answer: str, prompt: str | None = None) -> dict[str, Any]:
+def rec_row(sample: RecSample, answer: str, prompt: str | None = None, box_format: str = "square") -> dict[str, Any]:
     """The predictions.jsonl line of one answered sample."""
-    s = score_answer(answer, sample.bbox, sample.width, sample.height)
+    s = score_answer(answer, sample.bbox, sample.width, sample.height, box_format=box_format)
     return {"id": sample.id, "split": sample.split, "expression": sample.expression, "image": sample.image_name,
             "width": sample.width, "height": sample.height, "gt_box": list(sample.bbox), "prompt": prompt,
             "answer": answer, "pred_box": s.pred_box, "iou": s.iou, "hit": s.hit, "parsed": s.parsed}
@@ -149,15 +168,16 @@ def _first(rec: dict, fields: Sequence[str]) -> tuple[str | None, Any]:
     return None, None
 
 
-def score_predictions(path: str | os.PathLike, samples: Sequence[RecSample] | None,
-                      problems: list[BadRow]) -> tuple[list[dict], list[RecSample]]:
+def score_predictions(path: str | os.PathLike, samples: Sequence[RecSample] | None, problems: list[BadRow],
+                      box_format: str = "square") -> tuple[list[dict], list[RecSample]]:
     """Scored rows of a predictions JSONL file from any system, and the samples they answer.
 
     Each line needs an id (one of ``id``, ``question_id``, ``sample_id``, ``ref_id``) and the answer text
     (one of ``answer``, ``text``, ``prediction``, ``pred``, ``output``, ``response``); ``split`` is needed
     only when an id occurs in several splits. With ``samples`` (from ``--data``) the GT comes from the
     data; without, each line must carry ``split``, ``gt_box`` (pixels), ``width`` and ``height`` as
-    ``tinygg eval rec`` writes them.
+    ``tinygg eval rec`` writes them. ``box_format`` says how the other system writes boxes
+    (:func:`answer_box_to_pixels`).
     """
     path = Path(path)
     if not path.is_file():
@@ -201,7 +221,7 @@ def score_predictions(path: str | os.PathLike, samples: Sequence[RecSample] | No
             sample = _sample_from_row(rec, sid, file, n, problems)
             if sample is None:
                 continue
-        rows[sample.key] = rec_row(sample, text, prompt=rec.get("prompt"))
+        rows[sample.key] = rec_row(sample, text, prompt=rec.get("prompt"), box_format=box_format)
         used[sample.key] = sample
     if samples is not None:
         missing = [s for s in samples if s.key not in rows]
@@ -234,9 +254,11 @@ def _sample_from_row(rec: dict, sid: str, file: str, n: int, problems: list[BadR
 
 
 def score_existing(path: str | os.PathLike, out_dir: str | os.PathLike, samples: Sequence[RecSample] | None,
-                   problems: list[BadRow], vis: int = 0) -> dict[str, Any]:
+                   problems: list[BadRow], vis: int = 0, box_format: str = "square") -> dict[str, Any]:
     """``--predictions``: score a file with the same parser and metric; write metrics + scored rows."""
-    rows, used = score_predictions(path, samples, problems)
+    if box_format not in BOX_FORMATS:
+        raise ValueError(f"--box-format must be one of {BOX_FORMATS}; got {box_format!r}")
+    rows, used = score_predictions(path, samples, problems, box_format=box_format)
     if not rows:
         raise ValueError(f"{path}: no scorable predictions ({len(problems)} bad rows; first: "
                          f"{problems[0] if problems else '-'})")
@@ -246,7 +268,7 @@ def score_existing(path: str | os.PathLike, out_dir: str | os.PathLike, samples:
     if scored.resolve() == Path(path).resolve():
         raise ValueError(f"--out {out} would overwrite the predictions being scored; choose another --out")
     scored.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    metrics = write_metrics(out, dict(summarise(rows), predictions=str(path)), problems)
+    metrics = write_metrics(out, dict(summarise(rows), predictions=str(path), box_format=box_format), problems)
     if vis:
         drawable = [s for s in used if s.image_path or s.image_bytes][:vis]
         draw_overlays(drawable, {(r["split"], r["id"]): r for r in rows}, out / "vis")
