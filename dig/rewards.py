@@ -24,12 +24,19 @@ per-axis scaling). Swapped corners are put in order (:func:`tinygg.boxes.canonic
 
 Format reward (binary)
 ----------------------
-1.0 when the answer, after stripping whitespace and one surrounding markdown code fence, is a JSON list
-whose items are all boxes, and 0.0 otherwise. A box item is a list of 4 finite numbers, or an object with
-a ``bbox_2d``, ``bbox`` or ``box`` key holding one (Qwen-VL's JSON). Also required: at most
-``max_boxes`` items, and every coordinate inside the frame (``[0, 1]``, ``[0, 1000]`` or the image's
-pixels). ``[]`` is a well-formed answer meaning "no differences". Text around the list, a bare box
-``[x1,y1,x2,y2]`` that is not inside a list, or an unclosed thought all score 0.
+1.0 when the answer, after stripping whitespace and one surrounding markdown code fence, is a list of
+boxes, and 0.0 otherwise. A list of boxes is either
+
+* bare boxes ``[[x1,y1,x2,y2], ...]`` in the box grammar of :mod:`tinygg.boxes` (what TinyGG writes;
+  numbers as ``parse_boxes`` reads them, so ``.5`` and ``+1`` count), with any whitespace between tokens;
+* or a JSON list whose items are lists of 4 numbers or objects with exactly one of the keys ``bbox_2d``,
+  ``bbox``, ``box`` holding one (Qwen-VL's JSON), and no other ``[a,b,c,d]`` anywhere in it (a label
+  ``"[1,2,3,4]"`` would otherwise be read as a box);
+
+with at most ``max_boxes`` boxes, and every coordinate finite and inside the frame (``[0, 1]``,
+``[0, 1000]`` or the image's pixels; swapped corners are allowed). ``[]`` is a well-formed answer meaning
+"no differences". Text around the list, a bare box that is not inside a list, or an unclosed thought all
+score 0.
 
 Accuracy (F1 and IoU)
 ---------------------
@@ -74,6 +81,7 @@ import json
 import logging
 import math
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -83,7 +91,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from tinygg.boxes import BOX_PATTERN, box_iou, canonical, generalized_box_iou, pixel_to_square
+from tinygg.boxes import BOX_PATTERN, box_iou_aligned, canonical, generalized_box_iou, pixel_to_square
 
 logger = logging.getLogger(__name__)
 
@@ -577,13 +585,28 @@ def _read_predictions(answers: Sequence[str], sizes: np.ndarray,
 
 
 def _floats(lists: list[str], counts: list[int]) -> tuple[np.ndarray, set[int]]:
-    """All numbers of well-bracketed box lists (``counts[j]`` boxes in ``lists[j]``), each read by ``float``:
-    (4 * sum(counts),) values, and the indices of the lists with a slot that is not one number (their
-    values are NaN). One pass over the joined text; a bad slot costs a restart at the next list.
+    """All numbers of well-bracketed box lists (``counts[j]`` boxes in ``lists[j]``), each slot read as
+    ``float`` reads it: (4 * sum(counts),) values, and the indices of the lists with a slot that is not one
+    number (their values are NaN).
+
+    numpy's C parser reads the joined slots in one call; it stops at the first slot that is not a whole
+    number, which shows as a short count, and only then are the slots read one by one with ``float``,
+    restarting after each bad list.
     """
     ends = np.cumsum(np.asarray(counts, dtype=np.int64) * 4)  # (L,) end of each list's numbers
     total = int(ends[-1]) if len(ends) else 0
-    tokens = ",".join(lists).replace("[", "").replace("]", "").split(",") if total else []
+    if not total:
+        return np.zeros(0), set()
+    text = ",".join(lists).replace("[", "").replace("]", "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "could not be read to its end": a short count
+        try:
+            values = np.fromstring(text, dtype=np.float64, sep=",")
+        except ValueError:
+            values = np.zeros(0)
+    if len(values) == total:
+        return values, set()
+    tokens = text.split(",")
     if len(tokens) != total:  # pragma: no cover - the skeleton check guarantees 4 slots per box
         raise AssertionError(f"expected {total} numbers in the box lists, found {len(tokens)}")
     out: list[float] = []
@@ -653,7 +676,8 @@ def _match(preds: np.ndarray, gts: np.ndarray, n_used: np.ndarray, n_gt: np.ndar
     """Minimum-cost one-to-one matching of every sample: preds (B, N, 4), gts (B, M, 4) in the unit frame
     -> prediction index, GT index and IoU of each pair, (B, K) each (-1, -1, 0 past a sample's pairs).
 
-    L1, GIoU and IoU are computed once for every (prediction, GT) pair of the batch, without padding.
+    L1 and GIoU are computed once for every (prediction, GT) pair of the batch, without padding; IoU only
+    for the matched pairs.
     Samples are then grouped by problem shape (n, m); a group's problems are solved together by evaluating
     every one-to-one map (a handful when boxes are few), or one by one with scipy's Hungarian solver when
     there are more than ``MAX_EXHAUSTIVE`` maps. Both find the optimum.
@@ -673,9 +697,7 @@ def _match(preds: np.ndarray, gts: np.ndarray, n_used: np.ndarray, n_gt: np.ndar
     offset = np.arange(len(sample)) - (np.cumsum(per) - per)[sample]
     row, col = offset // n_gt[sample], offset % n_gt[sample]  # prediction and GT index of each candidate
     p, g = preds[sample, row][:, None], gts[sample, col][:, None]  # (P, 1, 4) each
-    iou_all = np.zeros(preds.shape[:2] + gts.shape[1:2])  # (B, N, M)
-    cost_all = np.zeros_like(iou_all)
-    iou_all[sample, row, col] = box_iou(p, g)[:, 0, 0]
+    cost_all = np.zeros(preds.shape[:2] + gts.shape[1:2])  # (B, N, M)
     cost_all[sample, row, col] = (cfg.lambda_l1 * np.abs(p - g).sum(-1)[:, 0]
                                   - cfg.lambda_giou * generalized_box_iou(p, g)[:, 0, 0])
 
@@ -683,7 +705,7 @@ def _match(preds: np.ndarray, gts: np.ndarray, n_used: np.ndarray, n_gt: np.ndar
     for key in np.unique(shapes):
         idx = active[shapes == key]
         n, m = int(n_used[idx[0]]), int(n_gt[idx[0]])
-        iou, cost = iou_all[idx, :n, :m], cost_all[idx, :n, :m]  # (G, n, m)
+        cost = cost_all[idx, :n, :m]  # (G, n, m)
         flip = n > m
         if flip:
             cost = cost.transpose(0, 2, 1)  # rows are now the smaller side
@@ -703,7 +725,10 @@ def _match(preds: np.ndarray, gts: np.ndarray, n_used: np.ndarray, n_gt: np.ndar
             order = np.argsort(pred, axis=1)
             pred, gt = np.take_along_axis(pred, order, 1), np.take_along_axis(gt, order, 1)
         pair_pred[idx, :r], pair_gt[idx, :r] = pred, gt
-        pair_iou[idx, :r] = np.take_along_axis(iou.reshape(len(idx), -1), pred * m + gt, 1)
+    valid = pair_pred >= 0
+    rows = np.arange(b)[:, None]
+    pair_iou = np.where(valid, box_iou_aligned(preds[rows, np.maximum(pair_pred, 0)],
+                                               gts[rows, np.maximum(pair_gt, 0)]), 0.0)  # (B, K)
     return pair_pred, pair_gt, pair_iou
 
 
