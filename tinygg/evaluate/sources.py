@@ -520,7 +520,11 @@ def guess_kind(path: str) -> str:
             return "parquet"
         raise ValueError(f"{path}: a folder with neither refer files (refcoco/refs(unc).p) nor *.parquet files; "
                          "prefix the data spec with refer:, parquet: or jsonl:")
-    if path.endswith(".parquet") or any(c in path for c in "*?["):
+    if any(c in path for c in "*?["):
+        return "parquet"
+    if not p.exists():
+        raise FileNotFoundError(f"REC data not found: {path}")
+    if path.endswith(".parquet"):
         return "parquet"
     if path.endswith((".jsonl", ".json")):
         return "jsonl"
