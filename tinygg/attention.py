@@ -91,8 +91,12 @@ def overlay_heatmap(image: Image.Image, heat: np.ndarray, alpha: float = ALPHA) 
 
 
 @torch.no_grad()
-def answer_with_attention(model, processor, query: Query, out_png: str | Path, max_new_tokens: int = 64) -> str:
-    """Answer ``query`` greedily, write the attention heat map of its box tokens to ``out_png``; the answer."""
+def answer_with_attention(model, processor, query: Query, out_png: str | Path,
+                          max_new_tokens: int = 64) -> str:
+    """Answer ``query`` greedily and write the heat map of its box tokens' attention to ``out_png``.
+
+    Returns the answer text (as :func:`tinygg.inference.generate` gives it).
+    """
     if not query.images:
         raise ValueError("an attention map needs an image in the query")
     image = query.images[0]
@@ -111,8 +115,8 @@ def answer_with_attention(model, processor, query: Query, out_png: str | Path, m
     full = torch.cat([batch["input_ids"][0], torch.tensor(generated, dtype=torch.long,
                                                           device=batch["input_ids"].device)])[None]  # (1, L)
     with eager_attention(model):
-        outputs = model(input_ids=full, attention_mask=torch.ones_like(full), pixel_values=batch["pixel_values"],
-                        output_attentions=True, use_cache=False)
+        outputs = model(input_ids=full, attention_mask=torch.ones_like(full),
+                        pixel_values=batch["pixel_values"], output_attentions=True, use_cache=False)
     last = outputs.attentions[-1][0].float()  # (heads, L, L)
     if generated:
         rows = [prompt_len + i for i in box_token_indices(processor, generated)]
@@ -128,5 +132,6 @@ def answer_with_attention(model, processor, query: Query, out_png: str | Path, m
                            color=PRED_COLOR)
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     drawn.save(out_png)
-    logger.info("attention of %d answer token(s) over %d image patches -> %s", len(rows), len(image_cols), out_png)
+    logger.info("attention of %d answer token(s) over %d image patches -> %s", len(rows), len(image_cols),
+                out_png)
     return answer.strip()

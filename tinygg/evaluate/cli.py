@@ -1,7 +1,7 @@
 """``tinygg eval rec`` and ``tinygg eval pope``: registered into the ``eval`` group by :func:`register`.
 
     tinygg eval rec  --model M --data refer:data/refer --out runs/rec [--splits val testA] [--vis 8]
-    tinygg eval rec  --predictions other_system.jsonl --data parquet:'data/RefCOCO/data/*.parquet' --out runs/x
+    tinygg eval rec  --predictions theirs.jsonl --data parquet:'data/RefCOCO/data/*.parquet' --out runs/x
     tinygg eval pope --model M --questions data/pope --images data/coco/val2014 --out runs/pope
 """
 
@@ -77,8 +77,8 @@ def cmd_rec(args: argparse.Namespace) -> int:
     from .sources import load_rec_data
 
     if args.box_format != "square" and not args.predictions:
-        raise ValueError("--box-format is for scoring --predictions of other systems; this model writes boxes "
-                         "normalised to the padded square")
+        raise ValueError("--box-format is for scoring --predictions of other systems; this model writes "
+                         "boxes normalised to the padded square")
     if not args.data and not args.predictions:
         raise ValueError("--data is required with --model (see `tinygg eval rec --help` for the data specs)")
     samples, problems = (load_rec_data(args.data, args.splits, image_root=args.image_root)
@@ -96,8 +96,9 @@ def cmd_rec(args: argparse.Namespace) -> int:
         from ..inference import load_model
 
         model, processor = load_model(args.model)
-        metrics = evaluate_rec(model, processor, samples, args.out, prompt=args.prompt, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, vis=args.vis, problems=problems,
+        metrics = evaluate_rec(model, processor, samples, args.out, prompt=args.prompt,
+                               batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, vis=args.vis,
+                               problems=problems,
                                settings={"model": str(args.model), "data": list(args.data)}, fresh=args.fresh)
     print(rec_table(metrics, _model_label(args)))
     print()
@@ -118,9 +119,10 @@ def cmd_pope(args: argparse.Namespace) -> int:
     questions, problems = read_pope(args.questions, args.images)
     questions = _limit(questions, args.limit, "subset")
     model, processor = load_model(args.model)
-    metrics = evaluate_pope(model, processor, questions, args.out, prompt=args.prompt, batch_size=args.batch_size,
-                            max_new_tokens=args.max_new_tokens, problems=problems,
-                            settings={"model": str(args.model), "questions": str(args.questions)}, fresh=args.fresh)
+    metrics = evaluate_pope(model, processor, questions, args.out, prompt=args.prompt,
+                            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, problems=problems,
+                            settings={"model": str(args.model), "questions": str(args.questions)},
+                            fresh=args.fresh)
     print(pope_table(metrics, _model_label(args)))
     print()
     print(pope_details(metrics))
@@ -137,30 +139,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "rec", formatter_class=_Formatter, epilog=REC_EPILOG,
         help="referring expression comprehension: Acc@0.5 on RefCOCO/+/g (the paper's Table 1)",
-        description="Evaluate referring expression comprehension: the model answers the prompt with a box for "
-                    "each expression; Acc@0.5 per split and their average, printed in the paper's Table 1 "
-                    "layout. With --predictions, score answers that already exist (any system) instead.")
+        description="Evaluate referring expression comprehension: the model answers the prompt with a box "
+                    "for each expression; Acc@0.5 per split and their average, printed in the paper's "
+                    "Table 1 layout. With --predictions, score answers that already exist (any system) "
+                    "instead.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="checkpoint directory or model-zoo name: generate the answers")
     src.add_argument("--predictions", metavar="FILE",
-                     help="score this JSONL of existing answers (an id and the answer text per line) instead of "
-                          "running a model; GT from --data, or from the lines themselves (split, gt_box, width, "
-                          "height) as predictions.jsonl has them")
+                     help="score this JSONL of existing answers (an id and the answer text per line) "
+                          "instead of running a model; GT from --data, or from the lines themselves (split, "
+                          "gt_box, width, height) as predictions.jsonl has them")
     p.add_argument("--data", action="append", metavar="SPEC", help="data spec (see below); repeatable")
-    p.add_argument("--splits", nargs="+", metavar="SPLIT", help="only these splits (full or bare names); all eval splits of the data when not given")
+    p.add_argument("--splits", nargs="+", metavar="SPLIT",
+                   help="only these splits (full or bare names); all eval splits of the data when not given")
     p.add_argument("--out", required=True, help="output folder (resumes a run found there)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
     p.add_argument("--limit", type=int, help="only the first N samples of each split (a quick look)")
-    p.add_argument("--vis", type=int, default=0, metavar="K", help="draw K overlays (GT green, prediction red)")
+    p.add_argument("--vis", type=int, default=0, metavar="K",
+                   help="draw K overlays (GT green, prediction red)")
     p.add_argument("--prompt", default=REC_PROMPT, metavar="TEMPLATE",
                    help="prompt template; <exp> is replaced by the expression")
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit (a box is ~30 tokens)")
     p.add_argument("--box-format", default="square", choices=["square", "image", "pixel", "grid1000"],
-                   help="with --predictions: how the other system writes boxes: square = normalised to the padded "
-                        "square (this project, GroundingGPT, Shikra); image = normalised to the image's width and "
-                        "height; pixel = absolute pixels (Qwen2.5-VL); grid1000 = 0-1000 of the image (Qwen-VL)")
+                   help="with --predictions: how the other system writes boxes: square = normalised to the "
+                        "padded square (this project, GroundingGPT, Shikra); image = normalised to the "
+                        "image's width and height; pixel = absolute pixels (Qwen2.5-VL); grid1000 = 0-1000 "
+                        "of the image (Qwen-VL)")
     p.add_argument("--image-root", help="folder the image paths of refer/JSONL data are relative to")
-    p.add_argument("--model-name", help="row label in the printed table; the model folder name when not given")
+    p.add_argument("--model-name", help="row label in the printed table (the model folder name by default)")
     p.add_argument("--fresh", action="store_true", help="discard predictions of an earlier run in --out")
     p.set_defaults(func=cmd_rec)
 
@@ -168,9 +174,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pope", formatter_class=_Formatter,
         help="POPE object hallucination: accuracy, F1, yes-ratio (the paper's Table 3)",
         description="Evaluate object hallucination on POPE: yes/no questions in the random, popular and "
-                    "adversarial subsets; accuracy, precision, recall, F1 (positive = yes) and the yes-ratio per "
-                    "subset, printed in the paper's Table 3 layout. Writes metrics.json and predictions.jsonl; "
-                    "a killed run resumes when started again with the same --out.")
+                    "adversarial subsets; accuracy, precision, recall, F1 (positive = yes) and the yes-ratio "
+                    "per subset, printed in the paper's Table 3 layout. Writes metrics.json and "
+                    "predictions.jsonl; a killed run resumes when started again with the same --out.")
     p.add_argument("--model", required=True, help="checkpoint directory or model-zoo name")
     p.add_argument("--questions", required=True, metavar="FILE_OR_DIR",
                    help="a POPE question file (JSONL lines {question_id, image, text, label}) or a folder of "
@@ -181,7 +187,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="only the first N questions of each subset")
     p.add_argument("--prompt", default=POPE_PROMPT, metavar="TEMPLATE",
                    help="prompt template; <question> is replaced by the question")
-    p.add_argument("--max-new-tokens", type=int, default=8, help="answer length limit (yes/no needs one or two)")
-    p.add_argument("--model-name", help="row label in the printed table; the model folder name when not given")
+    p.add_argument("--max-new-tokens", type=int, default=8,
+                   help="answer length limit (yes/no needs one or two)")
+    p.add_argument("--model-name", help="row label in the printed table (the model folder name by default)")
     p.add_argument("--fresh", action="store_true", help="discard predictions of an earlier run in --out")
     p.set_defaults(func=cmd_pope)

@@ -52,7 +52,8 @@ class Journal:
                 if not complete:  # killed mid-write: drop the fragment
                     break
                 raise ValueError(f"{self.path}, line {n}: not valid JSON; this file is the run's record of "
-                                 "finished predictions: fix or remove the line, or start afresh with --fresh") from None
+                                 "finished predictions: fix or remove the line, or start afresh with "
+                                 "--fresh") from None
             if not complete:
                 break
             good_end = pos
@@ -100,8 +101,8 @@ def open_run(out_dir: str | os.PathLike, settings: dict[str, Any], fresh: bool =
         changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
         if changed:
             detail = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise ValueError(f"{out} holds predictions of a run with other settings ({detail}); resume with the same "
-                             "settings, choose another --out, or pass --fresh to discard them")
+            raise ValueError(f"{out} holds predictions of a run with other settings ({detail}); resume "
+                             "with the same settings, choose another --out, or pass --fresh to discard them")
     manifest.write_text(json.dumps(settings, indent=2) + "\n")
     return journal
 

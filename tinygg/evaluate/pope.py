@@ -4,7 +4,7 @@ adversarial subsets; accuracy, precision, recall, F1 (positive = "yes") and the 
 An answer's first standalone "yes" or "no" word (any case) is its verdict; an answer with neither counts
 as "no" and as unparsed.
 
-    tinygg eval pope --model checkpoints/tinygg-1.5b --questions data/pope --images data/coco/val2014 --out runs/pope
+    tinygg eval pope --model checkpoints/tinygg-1.5b --questions pope/ --images val2014/ --out runs/pope
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def summarise_pope(rows: Sequence[dict]) -> dict[str, Any]:
     keys = ("accuracy", "precision", "recall", "f1", "yes_ratio")
     average = ({k: sum(m[k] for m in subsets.values()) / len(subsets) for k in keys} if subsets else None)
     return {"metric": "pope", "positive": "yes", "subsets": subsets, "average": average,
-            "note": "an answer's first yes/no word is its verdict; answers with neither count as 'no' (unparsed)"}
+            "note": "an answer's first yes/no word is its verdict; answers with neither count as 'no' "
+                    "(unparsed)"}
 
 
 def pope_row(q: PopeQuestion, answer: str, prompt: str | None) -> dict[str, Any]:

@@ -88,16 +88,19 @@ def score_answer(answer: str, gt_box: Sequence[float], width: int, height: int,
 
 def make_prompt(template: str, expression: str) -> str:
     if EXPRESSION_SLOT not in template:
-        raise ValueError(f"--prompt must contain {EXPRESSION_SLOT} where the expression goes; got {template!r}")
+        raise ValueError(f"--prompt must contain {EXPRESSION_SLOT} where the expression goes; "
+                         f"got {template!r}")
     return template.replace(EXPRESSION_SLOT, expression)
 
 
-def rec_row(sample: RecSample, answer: str, prompt: str | None = None, box_format: str = "square") -> dict[str, Any]:
+def rec_row(sample: RecSample, answer: str, prompt: str | None = None,
+            box_format: str = "square") -> dict[str, Any]:
     """The predictions.jsonl line of one answered sample."""
     s = score_answer(answer, sample.bbox, sample.width, sample.height, box_format=box_format)
-    return {"id": sample.id, "split": sample.split, "expression": sample.expression, "image": sample.image_name,
-            "width": sample.width, "height": sample.height, "gt_box": list(sample.bbox), "prompt": prompt,
-            "answer": answer, "pred_box": s.pred_box, "iou": s.iou, "hit": s.hit, "parsed": s.parsed}
+    return {"id": sample.id, "split": sample.split, "expression": sample.expression,
+            "image": sample.image_name, "width": sample.width, "height": sample.height,
+            "gt_box": list(sample.bbox), "prompt": prompt, "answer": answer, "pred_box": s.pred_box,
+            "iou": s.iou, "hit": s.hit, "parsed": s.parsed}
 
 
 def summarise(rows: Iterable[dict], threshold: float = IOU_THRESHOLD) -> dict[str, Any]:
@@ -147,8 +150,8 @@ def evaluate_rec(model, processor, samples: Sequence[RecSample], out_dir: str | 
         return rec_row(sample, answer, prompt=query.prompt)
 
     done = run_generation(model, processor, samples, build, row, journal, problems, batch_size=batch_size,
-                          max_new_tokens=max_new_tokens, length=lambda s: len(s.expression), progress=progress,
-                          gen_kwargs=gen_kwargs)
+                          max_new_tokens=max_new_tokens, length=lambda s: len(s.expression),
+                          progress=progress, gen_kwargs=gen_kwargs)
     # scored again from the stored answer text against the current GT: the metric never trusts stored verdicts
     rows = [rec_row(s, done[s.key]["answer"], done[s.key].get("prompt")) for s in samples if s.key in done]
     metrics = write_metrics(out, dict(summarise(rows), run=settings), problems)
@@ -158,7 +161,7 @@ def evaluate_rec(model, processor, samples: Sequence[RecSample], out_dir: str | 
     return metrics
 
 
-# ---------------------------------------------------------------------------------------------- existing predictions
+# ------------------------------------------------------------------------------------- existing predictions
 
 
 def _first(rec: dict, fields: Sequence[str]) -> tuple[str | None, Any]:
@@ -211,11 +214,13 @@ def score_predictions(path: str | os.PathLike, samples: Sequence[RecSample] | No
                 cands = by_id.get(sid, [])
                 if len(cands) > 1:
                     problems.append(BadRow(file, n, "split", f"id {sid!r} occurs in splits "
-                                                             f"{[c.split for c in cands]}; add a 'split' field"))
+                                                             f"{[c.split for c in cands]}; add a 'split' "
+                                                             "field"))
                     continue
                 sample = cands[0] if cands else None
             if sample is None:
-                problems.append(BadRow(file, n, id_field, f"{sid!r} (split {split!r}) is not a sample of --data"))
+                problems.append(BadRow(file, n, id_field,
+                                       f"{sid!r} (split {split!r}) is not a sample of --data"))
                 continue
         else:
             sample = _sample_from_row(rec, sid, file, n, problems)
@@ -235,8 +240,8 @@ def score_predictions(path: str | os.PathLike, samples: Sequence[RecSample] | No
 def _sample_from_row(rec: dict, sid: str, file: str, n: int, problems: list[BadRow]) -> RecSample | None:
     for field in ("split", "gt_box", "width", "height"):
         if field not in rec:
-            problems.append(BadRow(file, n, field, "missing: without --data each line must carry split, gt_box "
-                                                   "(pixels [x1,y1,x2,y2]), width and height"))
+            problems.append(BadRow(file, n, field, "missing: without --data each line must carry split, "
+                                                   "gt_box (pixels [x1,y1,x2,y2]), width and height"))
             return None
     try:
         width, height = int(rec["width"]), int(rec["height"])
@@ -268,7 +273,8 @@ def score_existing(path: str | os.PathLike, out_dir: str | os.PathLike, samples:
     if scored.resolve() == Path(path).resolve():
         raise ValueError(f"--out {out} would overwrite the predictions being scored; choose another --out")
     scored.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    metrics = write_metrics(out, dict(summarise(rows), predictions=str(path), box_format=box_format), problems)
+    metrics = dict(summarise(rows), predictions=str(path), box_format=box_format)
+    metrics = write_metrics(out, metrics, problems)
     if vis:
         drawable = [s for s in used if s.image_path or s.image_bytes][:vis]
         draw_overlays(drawable, {(r["split"], r["id"]): r for r in rows}, out / "vis")
@@ -278,7 +284,8 @@ def score_existing(path: str | os.PathLike, out_dir: str | os.PathLike, samples:
 # ---------------------------------------------------------------------------------------------- overlays
 
 
-def draw_overlays(samples: Sequence[RecSample], rows: dict[tuple[str, str], dict], folder: Path) -> list[Path]:
+def draw_overlays(samples: Sequence[RecSample], rows: dict[tuple[str, str], dict],
+                  folder: Path) -> list[Path]:
     """One PNG per sample: GT box in green, predicted box in red, the expression and IoU underneath."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -292,7 +299,8 @@ def draw_overlays(samples: Sequence[RecSample], rows: dict[tuple[str, str], dict
         drawn = draw_boxes(image, [s.bbox], labels=["GT"], color=GT_COLOR)
         if r.get("pred_box"):
             drawn = draw_boxes(drawn, [r["pred_box"]], labels=["pred"], color=PRED_COLOR)
-        verdict = "no box parsed" if not r["parsed"] else f"IoU {r['iou']:.3f} ({'hit' if r['hit'] else 'miss'})"
+        verdict = ("no box parsed" if not r["parsed"]
+                   else f"IoU {r['iou']:.3f} ({'hit' if r['hit'] else 'miss'})")
         path = folder / f"{_safe(s.split)}_{_safe(s.id)}.png"
         _with_caption(drawn, f"{s.expression} | {verdict}").save(path)
         written.append(path)

@@ -25,7 +25,9 @@ def grouped_table(row_label: tuple[str, str], groups: Sequence[tuple[str, Sequen
     ``row_label`` is (header, value); each group is (title, [(column, value), ...]).
     """
     label_w = max(len(row_label[0]), len(row_label[1]))
-    cells_top, cells_mid, cells_val = [" " * label_w], [row_label[0].ljust(label_w)], [row_label[1].ljust(label_w)]
+    cells_top = [" " * label_w]
+    cells_mid = [row_label[0].ljust(label_w)]
+    cells_val = [row_label[1].ljust(label_w)]
     for title, cols in groups:
         widths = [max(5, len(c), len(v)) for c, v in cols]
         mid = " ".join(c.rjust(w) for (c, _), w in zip(cols, widths))
@@ -87,9 +89,11 @@ def pope_table(metrics: dict[str, Any], model: str = "model") -> str:
 
 def pope_details(metrics: dict[str, Any]) -> str:
     """Per subset: n, accuracy, precision, recall, F1, yes-ratio, unparsed answers."""
-    head = f"{'subset':<14} {'n':>6} {'acc':>7} {'prec':>7} {'recall':>7} {'f1':>7} {'yes':>7} {'unparsed':>8}"
+    head = (f"{'subset':<14} {'n':>6} {'acc':>7} {'prec':>7} {'recall':>7} {'f1':>7} {'yes':>7} "
+            f"{'unparsed':>8}")
     lines = [head]
     for name, v in metrics["subsets"].items():
         lines.append(f"{name:<14} {v['n']:>6} {_pct(v['accuracy']):>7} {_pct(v['precision']):>7} "
-                     f"{_pct(v['recall']):>7} {_pct(v['f1']):>7} {_pct(v['yes_ratio']):>7} {v['unparsed']:>8}")
+                     f"{_pct(v['recall']):>7} {_pct(v['f1']):>7} {_pct(v['yes_ratio']):>7} "
+                     f"{v['unparsed']:>8}")
     return "\n".join(lines)

@@ -59,8 +59,8 @@ def run_generation(model, processor, items: Sequence[Item], build_query: Callabl
                 problems.append(BadRow(it.source_file, it.source_row, "image", str(e)))
                 logger.warning("skipping %s: %s", it.where, e)
         if queries:
-            answers = generate(model, processor, queries, max_new_tokens=max_new_tokens, batch_size=len(queries),
-                               **(gen_kwargs or {}))
+            answers = generate(model, processor, queries, max_new_tokens=max_new_tokens,
+                               batch_size=len(queries), **(gen_kwargs or {}))
             rows = [make_row(it, q, a) for it, q, a in zip(ready, queries, answers)]
             journal.append(rows)
             for row in rows:

@@ -61,7 +61,8 @@ KINDS = ("refer", "parquet", "jsonl")
 OVERSHOOT = 0.01  # GT boxes this far (share of the image side) outside the image are clipped, not dropped
 _SPLIT_WORDS = {"val": "val", "validation": "val", "testa": "testA", "testb": "testB", "test": "test",
                 "train": "train"}
-_SPLIT_RE = re.compile(r"(?:^|[_\-./\\])(val|validation|testa|testb|test|train)(?=$|[_\-./\\])", re.IGNORECASE)
+_SPLIT_RE = re.compile(r"(?:^|[_\-./\\])(val|validation|testa|testb|test|train)(?=$|[_\-./\\])",
+                       re.IGNORECASE)
 _DATASET_RE = re.compile(r"refcoco(g|\+|plus|_plus|-plus)?(?![a-z])", re.IGNORECASE)
 
 
@@ -208,7 +209,8 @@ def _checked_box(box: Any, width: int, height: int, file: str, row: int | str, f
         if all(math.isfinite(v) for v in vals):
             tol = OVERSHOOT * max(width, height)
             if -tol <= min(vals[0], vals[1]) and vals[2] <= width + tol and vals[3] <= height + tol:
-                vals = [max(0.0, vals[0]), max(0.0, vals[1]), min(float(width), vals[2]), min(float(height), vals[3])]
+                vals = [max(0.0, vals[0]), max(0.0, vals[1]), min(float(width), vals[2]),
+                        min(float(height), vals[3])]
         vals = validate_pixel_box(vals, width, height, where="the GT box")
     except (TypeError, ValueError) as e:
         form = "[x, y, w, h]" if xywh else "[x1, y1, x2, y2]"
@@ -222,8 +224,8 @@ class _PlainUnpickler(pickle.Unpickler):
     """Unpickles only plain containers and scalars: a refs file never needs to import anything."""
 
     def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"the refs file asks to load {module}.{name}; a refer refs file holds only "
-                                     "lists, dicts, strings and numbers, so this file is refused")
+        raise pickle.UnpicklingError(f"the refs file asks to load {module}.{name}; a refer refs file holds "
+                                     "only lists, dicts, strings and numbers, so this file is refused")
 
 
 def _load_refs(path: Path) -> list[dict]:
@@ -267,8 +269,8 @@ def read_refer(root: str | os.PathLike, datasets: Iterable[str] | None = None,
         wanted = [dataset_name(d) or d for d in datasets]
         missing = [d for d in wanted if d not in dirs]
         if missing:
-            raise FileNotFoundError(f"refer root {root}: no folder for {missing} (found {sorted(dirs)}; expected "
-                                    f"{root}/<dataset>/{{{REFS_FILES['refcoco']},instances.json}})")
+            raise FileNotFoundError(f"refer root {root}: no folder for {missing} (found {sorted(dirs)}; "
+                                    f"expected {root}/<dataset>/{{{REFS_FILES['refcoco']},instances.json}})")
         dirs = {d: dirs[d] for d in wanted}
     if not dirs:
         raise FileNotFoundError(f"refer root {root}: none of {list(DATASETS)} found (expected e.g. "
@@ -276,9 +278,11 @@ def read_refer(root: str | os.PathLike, datasets: Iterable[str] | None = None,
     samples: list[RecSample] = []
     problems: list[BadRow] = []
     for dataset, folder in dirs.items():
-        images_dir = Path(image_root) if image_root else (_find_coco_images(folder) or _find_coco_images(root))
+        images_dir = (Path(image_root) if image_root
+                      else _find_coco_images(folder) or _find_coco_images(root))
         if images_dir is None:
-            raise FileNotFoundError(f"no COCO train2014 image folder found near {folder}; give it with --image-root")
+            raise FileNotFoundError(f"no COCO train2014 image folder found near {folder}; give it with "
+                                    "--image-root")
         s, p = _read_refer_dataset(dataset, folder, images_dir)
         samples += s
         problems += p
@@ -289,8 +293,8 @@ def _read_refer_dataset(dataset: str, folder: Path, images_dir: Path) -> tuple[l
     refs_path, inst_path = folder / REFS_FILES[dataset], folder / "instances.json"
     for p in (refs_path, inst_path):
         if not p.exists():
-            raise FileNotFoundError(f"{dataset}: {p} is missing (a refer API folder holds {REFS_FILES[dataset]} "
-                                    "and instances.json)")
+            raise FileNotFoundError(f"{dataset}: {p} is missing (a refer API folder holds "
+                                    f"{REFS_FILES[dataset]} and instances.json)")
     refs = _load_refs(refs_path)
     try:
         inst = json.loads(inst_path.read_text())
@@ -309,8 +313,8 @@ def _read_refer_dataset(dataset: str, folder: Path, images_dir: Path) -> tuple[l
         split = ref.get("split")
         if split not in EVAL_SPLITS[dataset]:
             if split not in ("train",):
-                problems.append(BadRow(file, row, "split", f"expected one of {EVAL_SPLITS[dataset]} or train; "
-                                                            f"got {split!r}"))
+                problems.append(BadRow(file, row, "split",
+                                       f"expected one of {EVAL_SPLITS[dataset]} or train; got {split!r}"))
             continue
         ann = anns.get(ref.get("ann_id"))
         if ann is None:
@@ -338,8 +342,8 @@ def _read_refer_dataset(dataset: str, folder: Path, images_dir: Path) -> tuple[l
             continue
         sentences = ref.get("sentences")
         if not isinstance(sentences, list) or not sentences:
-            problems.append(BadRow(file, row, "sentences", f"expected a non-empty list of {{'sent': ...}}; got "
-                                                            f"{sentences!r}"))
+            problems.append(BadRow(file, row, "sentences",
+                                   f"expected a non-empty list of {{'sent': ...}}; got {sentences!r}"))
             continue
         for k, sent in enumerate(sentences):
             text = sent.get("sent") if isinstance(sent, dict) else None
@@ -390,9 +394,10 @@ def read_parquet(pattern: str, dataset: str | None = None) -> tuple[list[RecSamp
         need = {"question_id", "image", "answer", "bbox"}
         missing = need - set(pf.schema_arrow.names)
         if missing:
-            raise ValueError(f"{file}: missing column(s) {sorted(missing)} (expected the lmms-lab RefCOCO columns "
-                             f"question_id, image, answer, bbox; found {pf.schema_arrow.names})")
-        cols = [c for c in ("question_id", "image", "answer", "bbox", "file_name") if c in pf.schema_arrow.names]
+            raise ValueError(f"{file}: missing column(s) {sorted(missing)} (expected the lmms-lab RefCOCO "
+                             f"columns question_id, image, answer, bbox; found {pf.schema_arrow.names})")
+        cols = [c for c in ("question_id", "image", "answer", "bbox", "file_name")
+                if c in pf.schema_arrow.names]
         row = -1
         for batch in pf.iter_batches(batch_size=64, columns=cols):
             for rec in batch.to_pylist():
@@ -445,10 +450,12 @@ def iter_jsonl(path: str | os.PathLike, problems: list[BadRow]) -> Iterator[tupl
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                problems.append(BadRow(str(path), n, "(line)", f"not valid JSON: {e.msg} at column {e.colno}"))
+                problems.append(BadRow(str(path), n, "(line)",
+                                       f"not valid JSON: {e.msg} at column {e.colno}"))
                 continue
             if not isinstance(rec, dict):
-                problems.append(BadRow(str(path), n, "(line)", f"expected a JSON object; got {type(rec).__name__}"))
+                problems.append(BadRow(str(path), n, "(line)",
+                                       f"expected a JSON object; got {type(rec).__name__}"))
                 continue
             yield n, rec
 
@@ -474,14 +481,16 @@ def read_jsonl(path: str | os.PathLike, name: str | None = None,
     for n, rec in iter_jsonl(path, problems):
         missing = [k for k in ("img_path", "expression", "bbox") if k not in rec]
         if missing:
-            problems.append(BadRow(file, n, missing[0], "missing (a REC line is {\"img_path\", \"expression\", "
-                                                         "\"bbox\": [x1,y1,x2,y2]})"))
+            problems.append(BadRow(file, n, missing[0], "missing (a REC line is {\"img_path\", "
+                                                         "\"expression\", \"bbox\": [x1,y1,x2,y2]})"))
             continue
         expression = rec["expression"]
         if not isinstance(expression, str) or not expression.strip():
             problems.append(BadRow(file, n, "expression", f"expected text; got {expression!r}"))
             continue
-        image_path = str(root / rec["img_path"]) if not str(rec["img_path"]).startswith("sample:") else rec["img_path"]
+        image_path = str(rec["img_path"])
+        if not image_path.startswith("sample:"):  # sample:NAME is a scikit-image photograph
+            image_path = str(root / image_path)
         size = None
         if isinstance(rec.get("width"), (int, float)) and isinstance(rec.get("height"), (int, float)):
             size = (int(rec["width"]), int(rec["height"]))
@@ -518,8 +527,8 @@ def guess_kind(path: str) -> str:
             return "refer"
         if any(p.glob("**/*.parquet")):
             return "parquet"
-        raise ValueError(f"{path}: a folder with neither refer files (refcoco/refs(unc).p) nor *.parquet files; "
-                         "prefix the data spec with refer:, parquet: or jsonl:")
+        raise ValueError(f"{path}: a folder with neither refer files (refcoco/refs(unc).p) nor *.parquet "
+                         "files; prefix the data spec with refer:, parquet: or jsonl:")
     if any(c in path for c in "*?["):
         return "parquet"
     if not p.exists():
@@ -567,7 +576,8 @@ def load_rec_data(specs: Iterable[str], splits: Iterable[str] | None = None,
     unique = []
     for s in samples:
         if s.key in seen:
-            problems.append(BadRow(s.source_file, s.source_row, "id", f"duplicate sample id {s.id!r} in split {s.split!r}"))
+            problems.append(BadRow(s.source_file, s.source_row, "id",
+                                   f"duplicate sample id {s.id!r} in split {s.split!r}"))
             continue
         seen.add(s.key)
         unique.append(s)
@@ -591,7 +601,8 @@ def read_pope(questions: str | os.PathLike, image_dir: str | os.PathLike
     """POPE questions from one file or every ``*pope*.json*`` file of a folder."""
     qpath = Path(questions)
     if qpath.is_dir():
-        files = sorted(p for p in qpath.iterdir() if "pope" in p.name.lower() and p.suffix in (".json", ".jsonl"))
+        files = sorted(p for p in qpath.iterdir()
+                       if "pope" in p.name.lower() and p.suffix in (".json", ".jsonl"))
         if not files:
             raise FileNotFoundError(f"no POPE question files (*pope*.json) in {qpath}")
     elif qpath.is_file():
@@ -611,14 +622,15 @@ def read_pope(questions: str | os.PathLike, image_dir: str | os.PathLike
                 continue
             label = str(rec["label"]).strip().lower()
             if label not in ("yes", "no"):
-                problems.append(BadRow(str(file), n, "label", f"expected 'yes' or 'no'; got {rec['label']!r}"))
+                problems.append(BadRow(str(file), n, "label",
+                                       f"expected 'yes' or 'no'; got {rec['label']!r}"))
                 continue
             image = str(image_dir / rec["image"])
             if not os.path.exists(image):
                 problems.append(BadRow(str(file), n, "image", f"image file not found: {image}"))
                 continue
-            out.append(PopeQuestion(id=str(rec["question_id"]), subset=subset, image=image, text=str(rec["text"]),
-                                    label=label, source_file=str(file), source_row=n))
+            out.append(PopeQuestion(id=str(rec["question_id"]), subset=subset, image=image,
+                                    text=str(rec["text"]), label=label, source_file=str(file), source_row=n))
     if not out:
         raise ValueError(f"no usable POPE questions in {qpath} ({len(problems)} bad rows)")
     return out, problems
