@@ -5,6 +5,7 @@
 #   NPROC=N        processes per node (default: every GPU, or 2 on a CPU machine)
 #   HOSTFILE=FILE  a DeepSpeed hostfile for several nodes
 #   DS_CONFIG=FILE DeepSpeed JSON (default scripts/zero2.json; scripts/zero3.json for ZeRO-3)
+#   MODULE=NAME    the Python module to run (default tinygg.train; scripts/dig.sh uses dig.grpo_cli)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 config="$1"; shift
@@ -24,5 +25,5 @@ export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensio
 
 launcher=(deepspeed --num_gpus "$nproc" --master_port "${MASTER_PORT:-$(( 29500 + RANDOM % 1000 ))}")
 [ -n "${HOSTFILE:-}" ] && launcher=(deepspeed --hostfile "$HOSTFILE")
-exec "${launcher[@]}" --module tinygg.train --config "$config" \
+exec "${launcher[@]}" --module "${MODULE:-tinygg.train}" --config "$config" \
   deepspeed="${DS_CONFIG:-$here/zero2.json}" "${extra[@]}" "$@"
