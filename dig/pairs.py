@@ -46,6 +46,7 @@ CURRICULUM_PAIRS = 1600  # pairs per curriculum set (the paper's 1.6K)
 RENDERERS: tuple[str, ...] = ("flat", "blender")
 PAIRS_FILE = "pairs.jsonl"
 MAX_PLAN_ATTEMPTS = 200
+MAX_RENDER_REJECTS = 5  # Blender renders of one pair whose masks fail the checks before it is skipped
 
 
 @dataclass
@@ -395,6 +396,7 @@ def _blender_records(cfg: PairConfig, todo: list[int]) -> Iterator[dict[str, Any
             "masks": [str(mask_dir / f"{plan.pair_id}_a.png"), str(mask_dir / f"{plan.pair_id}_b.png")],
         }
 
+    rejects: dict[int, int] = {}
     with BlenderPool(cfg.workers, retries=cfg.retries) as pool:
         pending: dict[Future, PairPlan] = {}
         it = iter(todo)
@@ -419,6 +421,11 @@ def _blender_records(cfg: PairConfig, todo: list[int]) -> Iterator[dict[str, Any
                 reason = check_masks(plan, mask_a, mask_b, cfg)
                 if reason is not None:  # Blender's pixels disagree with the flat proxy: next attempt
                     logger.info("pair %s attempt %d dropped after rendering: %s", plan.pair_id, plan.attempt, reason)
+                    rejects[plan.index] = rejects.get(plan.index, 0) + 1
+                    if rejects[plan.index] > MAX_RENDER_REJECTS:
+                        logger.error("pair %s: %d rendered attempts failed the mask checks; skipped",
+                                     plan.pair_id, rejects[plan.index])
+                        continue
                     nxt = plan_pair(cfg, cfg.difficulty, plan.index, plan.attempt + 1)
                     pending[pool.submit(job(nxt))] = nxt
                     continue
