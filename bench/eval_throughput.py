@@ -26,7 +26,8 @@ from tinygg.build import build_model
 from tinygg.evaluate.rec import evaluate_rec
 from tinygg.evaluate.sources import RecSample
 
-WORDS = ["the", "left", "red", "small", "big", "cube", "sphere", "person", "man", "woman", "dog", "cat", "behind", "front", "of", "near", "far", "second"]
+WORDS = ["the", "left", "red", "small", "big", "cube", "sphere", "person", "man", "woman", "dog", "cat",
+         "behind", "front", "of", "near", "far", "second"]
 
 
 def make_samples(n: int, seed: int = 0) -> list[RecSample]:
@@ -40,8 +41,9 @@ def make_samples(n: int, seed: int = 0) -> list[RecSample]:
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
         words = " ".join(rng.choice(WORDS, int(rng.integers(1, 12))))
         x1, y1 = float(rng.integers(0, w // 2)), float(rng.integers(0, h // 2))
-        samples.append(RecSample(id=str(i), split="bench", expression=words, bbox=(x1, y1, x1 + w / 3, y1 + h / 3),
-                                 width=w, height=h, image_path=str(path), source_file=str(folder), source_row=i))
+        samples.append(RecSample(id=str(i), split="bench", expression=words,
+                                 bbox=(x1, y1, x1 + w / 3, y1 + h / 3), width=w, height=h,
+                                 image_path=str(path), source_file=str(folder), source_row=i))
     return samples
 
 
@@ -49,8 +51,8 @@ def timed_run(model, processor, samples, batch_size: int, new_tokens: int) -> tu
     out = Path(tempfile.mkdtemp(prefix=f"eval_bench_bs{batch_size}_"))
     force = {"min_new_tokens": new_tokens, "suppress_tokens": processor.tokenizer.all_special_ids}
     start = time.perf_counter()
-    evaluate_rec(model, processor, samples, out, batch_size=batch_size, max_new_tokens=new_tokens, progress=False,
-                 gen_kwargs=force)
+    evaluate_rec(model, processor, samples, out, batch_size=batch_size, max_new_tokens=new_tokens,
+                 progress=False, gen_kwargs=force)
     seconds = time.perf_counter() - start
     answers = {}
     for line in (out / "predictions.jsonl").read_text().splitlines():
@@ -65,8 +67,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads; 1 by default because on a shared 2-core machine more threads spin against "
-                         "other processes and slow both runs down several-fold (0: torch's default)")
+                    help="torch threads; 1 by default because on a shared 2-core machine more threads spin "
+                         "against other processes and slow both runs down several-fold (0: torch's default)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -81,8 +83,10 @@ def main() -> None:
     tb, ab = timed_run(model, processor, samples, args.batch_size, args.new_tokens)
     if a1 != ab:
         diff = [k for k in a1 if a1[k] != ab.get(k)]
-        raise SystemExit(f"batched answers differ from one-by-one answers for {len(diff)} samples, e.g. {diff[:5]}")
-    print(f"{args.n} REC queries, {args.new_tokens} new tokens each, tiny model, {torch.get_num_threads()} threads")
+        raise SystemExit(f"batched answers differ from one-by-one answers for {len(diff)} samples, "
+                         f"e.g. {diff[:5]}")
+    print(f"{args.n} REC queries, {args.new_tokens} new tokens each, tiny model, "
+          f"{torch.get_num_threads()} thread(s)")
     print(f"batch size 1:  {t1:7.2f} s  {args.n / t1:7.2f} samples/s")
     print(f"batch size {args.batch_size:<2}: {tb:7.2f} s  {args.n / tb:7.2f} samples/s")
     print(f"answers identical: yes ({len(a1)} samples)")

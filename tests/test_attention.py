@@ -1,4 +1,5 @@
-"""Attention heat maps (the paper's Figure 5): box-token selection, the patch grid -> image mapping, and the PNG."""
+"""Attention heat maps (the paper's Figure 5): box-token selection, the patch grid -> image mapping, the
+PNG."""
 
 import numpy as np
 from conftest import random_image
@@ -55,6 +56,7 @@ def test_attention_png_has_the_image_size(tiny_model, tmp_path):
 def test_predict_cli_writes_attention(tiny_checkpoint, tmp_path):
     random_image(40, 64, seed=4).save(tmp_path / "photo.png")
     png = tmp_path / "maps" / "att.png"
-    assert main(["predict", "--model", str(tiny_checkpoint), "--image", str(tmp_path / "photo.png"), "--prompt",
-                 "Output the coordinate of the cat", "--attention", str(png), "--max-new-tokens", "4"]) == 0
+    assert main(["predict", "--model", str(tiny_checkpoint), "--image", str(tmp_path / "photo.png"),
+                 "--prompt", "Output the coordinate of the cat", "--attention", str(png),
+                 "--max-new-tokens", "4"]) == 0
     assert Image.open(png).size == (40, 64)

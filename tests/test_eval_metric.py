@@ -1,5 +1,5 @@
-"""REC Acc@0.5 semantics: the threshold is inclusive, a missing box is a counted miss, boxes live in the padded
-square, and the frame the IoU is computed in does not change it."""
+"""REC Acc@0.5 semantics: the threshold is inclusive, a missing box is a counted miss, boxes live in the
+padded square, and the frame the IoU is computed in does not change it."""
 
 import numpy as np
 import pytest
@@ -10,8 +10,8 @@ from tinygg.evaluate.report import rec_table
 
 
 def test_iou_exactly_half_is_a_hit_and_just_below_is_a_miss():
-    # 8x4 image: padded square side 8, image at y offset 2. "[0,.25,.5,.75]" is pixels [0,0,4,4]; the GT covers
-    # [0,0,8,4]: IoU = 16/32 = 0.5 exactly in binary floating point.
+    # 8x4 image: padded square side 8, image at y offset 2. "[0,.25,.5,.75]" is pixels [0,0,4,4]; the GT
+    # covers [0,0,8,4]: IoU = 16/32 = 0.5 exactly in binary floating point.
     s = score_answer("[0.000,0.250,0.500,0.750]", [0, 0, 8, 4], 8, 4)
     assert s.parsed and s.pred_box == [0.0, 0.0, 4.0, 4.0]
     assert s.iou == 0.5 and s.hit
@@ -63,7 +63,8 @@ def test_inverted_corners_are_ordered_and_boxes_clipped_to_the_image():
 
 
 def test_prompt_template_and_table_layout():
-    assert make_prompt("Output the coordinate of <exp>", "the red cube") == "Output the coordinate of the red cube"
+    prompt = make_prompt("Output the coordinate of <exp>", "the red cube")
+    assert prompt == "Output the coordinate of the red cube"
     with pytest.raises(ValueError, match="<exp>"):
         make_prompt("Where is it?", "x")
     m = summarise([{"split": "refcoco+_testB", "hit": True, "parsed": True},
@@ -95,7 +96,8 @@ def test_other_systems_box_formats():
     assert score_answer("[0.25,0.25,0.75,0.75]", gt, w, h, box_format="image").iou == 1.0
     assert score_answer("(20,10),(60,30) -> [20, 10, 60, 30]", gt, w, h, box_format="pixel").iou == 1.0
     assert score_answer("[250,250,750,750]", gt, w, h, box_format="grid1000").iou == 1.0
-    assert score_answer("[0.25,0.25,0.75,0.75]", gt, w, h).iou == 0.5  # the image-normalised box read as square
+    # the image-normalised box read as a square-normalised one lands elsewhere
+    assert score_answer("[0.25,0.25,0.75,0.75]", gt, w, h).iou == 0.5
     assert answer_box_to_pixels(np.array([-5.0, 0, 100, 50]), w, h, "pixel").tolist() == [0, 0, 80, 40]
     with pytest.raises(ValueError, match="box format"):
         answer_box_to_pixels(np.zeros(4), w, h, "xywh")

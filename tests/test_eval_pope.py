@@ -39,7 +39,8 @@ def test_summary_and_table3_layout():
             {"subset": "adversarial", "label": "yes", "pred": "yes", "parsed": True}]
     m = summarise_pope(rows)
     assert m["subsets"]["random"]["accuracy"] == 1.0 and m["subsets"]["random"]["unparsed"] == 1
-    assert m["subsets"]["adversarial"]["yes_ratio"] == 1.0 and m["subsets"]["adversarial"]["f1"] == pytest.approx(2 / 3)
+    adversarial = m["subsets"]["adversarial"]
+    assert adversarial["yes_ratio"] == 1.0 and adversarial["f1"] == pytest.approx(2 / 3)
     assert m["average"]["accuracy"] == pytest.approx(0.75)
     lines = pope_table(m, "tiny").splitlines()
     assert [c.strip() for c in lines[0].split("|")[1:]] == ["Random", "Popular", "Adversarial"]
@@ -62,8 +63,8 @@ def test_cli_pope(tiny_checkpoint, tmp_path, capsys):
                       "label": "yes"})
         (qdir / f"coco_pope_{subset}.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
     out = tmp_path / "out"
-    args = ["eval", "pope", "--model", str(tiny_checkpoint), "--questions", str(qdir), "--images", str(images),
-            "--out", str(out), "--batch-size", "3", "--max-new-tokens", "3"]
+    args = ["eval", "pope", "--model", str(tiny_checkpoint), "--questions", str(qdir), "--images",
+            str(images), "--out", str(out), "--batch-size", "3", "--max-new-tokens", "3"]
     assert main(args) == 0
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 9 and {r["subset"] for r in rows} == {"random", "popular", "adversarial"}

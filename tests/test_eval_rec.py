@@ -21,11 +21,12 @@ EXPRESSIONS = ["the cat", "the small red cube on the left of the picture", "a do
 
 @pytest.fixture
 def rec_jsonl(tmp_path):
-    """Shikra-style test_rec.jsonl (as `tinygg data synth` writes it) with five non-square images and one bad row."""
+    """Shikra-style test_rec.jsonl (as `tinygg data synth` writes it): five non-square images, one bad row."""
     lines = []
     for i, ((w, h), exp) in enumerate(zip(SIZES, EXPRESSIONS)):
         random_image(w, h, seed=i).save(tmp_path / f"im{i}.png")
-        lines.append({"img_path": f"im{i}.png", "expression": exp, "bbox": [2, 3, w // 2, h // 2], "id": f"s{i}"})
+        lines.append({"img_path": f"im{i}.png", "expression": exp, "bbox": [2, 3, w // 2, h // 2],
+                      "id": f"s{i}"})
     lines.append({"img_path": "absent.png", "expression": "nothing", "bbox": [1, 1, 5, 5], "id": "bad"})
     path = tmp_path / "test_rec.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
@@ -57,15 +58,15 @@ def test_results_identical_across_batch_sizes(sharp_model, rec_jsonl, tmp_path):
     assert len(samples) == 5 and len(problems) == 1
     runs = {}
     for bs in (1, 3):
-        metrics = evaluate_rec(model, processor, samples, tmp_path / f"bs{bs}", batch_size=bs, max_new_tokens=6,
-                               progress=False, gen_kwargs=force)
+        metrics = evaluate_rec(model, processor, samples, tmp_path / f"bs{bs}", batch_size=bs,
+                               max_new_tokens=6, progress=False, gen_kwargs=force)
         rows = {r["id"]: r for r in _lines(tmp_path / f"bs{bs}" / "predictions.jsonl")}
         runs[bs] = (metrics, rows)
     assert runs[1][1].keys() == {f"s{i}" for i in range(5)}
     assert len({r["answer"] for r in runs[1][1].values()}) == 5  # five different answers
     assert {k: r["answer"] for k, r in runs[1][1].items()} == {k: r["answer"] for k, r in runs[3][1].items()}
     assert runs[1][0]["splits"] == runs[3][0]["splits"]
-    assert runs[1][1]["s1"]["prompt"] == "Output the coordinate of the small red cube on the left of the picture"
+    assert runs[1][1]["s1"]["prompt"] == "Output the coordinate of " + EXPRESSIONS[1]
 
 
 def test_cli_resumes_an_interrupted_run(tiny_checkpoint, rec_jsonl, tmp_path, capsys):
@@ -89,7 +90,7 @@ def test_cli_resumes_an_interrupted_run(tiny_checkpoint, rec_jsonl, tmp_path, ca
     assert split["n"] == 5 and isinstance(split["acc"], float) and isinstance(split["parse_failures"], int)
     assert metrics["skipped_rows"] == 1
     skipped = _lines(out / "skipped.jsonl")
-    assert skipped[0]["row"] == 6 and skipped[0]["field"] == "img_path" and skipped[0]["file"] == str(rec_jsonl)
+    assert (skipped[0]["file"], skipped[0]["row"], skipped[0]["field"]) == (str(rec_jsonl), 6, "img_path")
     pngs = sorted((out / "vis").glob("*.png"))
     assert len(pngs) == 2
     assert Image.open(pngs[0]).width == SIZES[0][0]
@@ -122,8 +123,8 @@ def test_cli_scores_existing_predictions(rec_jsonl, tmp_path, capsys):
     pred = tmp_path / "other_system.jsonl"
     pred.write_text("".join(json.dumps(a) + "\n" for a in answers))
     out = tmp_path / "scored"
-    assert main(["eval", "rec", "--predictions", str(pred), "--data", f"jsonl:{rec_jsonl}:refcocog_test", "--out",
-                 str(out)]) == 0
+    assert main(["eval", "rec", "--predictions", str(pred), "--data", f"jsonl:{rec_jsonl}:refcocog_test",
+                 "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["splits"]["refcocog_test"] == {"acc": 0.4, "n": 5, "parse_failures": 1, "hits": 2}
     assert m["skipped_rows"] == 3  # the data's missing image, the unknown id, the line without an id

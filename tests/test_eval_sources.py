@@ -25,7 +25,7 @@ from tinygg.evaluate.sources import (
 
 
 def _refer_tree(root):
-    """refer API layout: ROOT/refcoco/{refs(unc).p, instances.json}, ROOT/refcocog/..., ROOT/images/train2014."""
+    """refer API layout: ROOT/refcoco/{refs(unc).p, instances.json}, ROOT/refcocog/..., ROOT/images/..."""
     imgs = root / "images" / "train2014"
     imgs.mkdir(parents=True)
     random_image(64, 48, seed=1).save(imgs / "COCO_train2014_000000000001.jpg")
@@ -42,8 +42,10 @@ def _refer_tree(root):
 
     def ref(ref_id, ann_id, image_id, split, *sents):
         return {"ref_id": ref_id, "ann_id": ann_id, "image_id": image_id, "split": split, "category_id": 1,
-                "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg", "sent_ids": list(range(len(sents))),
-                "sentences": [{"sent": s, "raw": s, "tokens": s.split(), "sent_id": k} for k, s in enumerate(sents)]}
+                "file_name": f"COCO_train2014_{image_id:012d}_{ann_id}.jpg",
+                "sent_ids": list(range(len(sents))),
+                "sentences": [{"sent": s, "raw": s, "tokens": s.split(), "sent_id": k}
+                              for k, s in enumerate(sents)]}
 
     refs = [ref(0, 10, 1, "testA", "left man", "man in red"), ref(1, 11, 2, "val", "tall thing"),
             ref(2, 10, 1, "train", "not evaluated"), ref(3, 12, 1, "testB", "box outside the image"),
@@ -62,7 +64,8 @@ def test_refer_files(tmp_path):
     assert set(by_id) == {("refcoco_testA", "0_0"), ("refcoco_testA", "0_1"), ("refcoco_val", "1_0"),
                           ("refcocog_val", "1_0")}
     s = by_id[("refcoco_testA", "0_1")]
-    assert s.expression == "man in red" and s.bbox == (4.0, 6.0, 24.0, 16.0) and (s.width, s.height) == (64, 48)
+    assert s.expression == "man in red" and s.bbox == (4.0, 6.0, 24.0, 16.0)
+    assert (s.width, s.height) == (64, 48)
     assert s.load_image().size == (64, 48)
     assert by_id[("refcoco_val", "1_0")].bbox == (0.5, 1.5, 30.5, 61.5)
     fields = {(p.field, str(p.row)) for p in problems}
@@ -76,7 +79,8 @@ def test_refer_files(tmp_path):
     # through data specs: explicit, auto-detected from the folder, and one dataset's own folder
     assert len(load_rec_data([f"refer:{tmp_path}:refcocog"])[0]) == 1
     assert len(load_rec_data([str(tmp_path)], splits=["testA"])[0]) == 2
-    assert {s.split for s in load_rec_data([f"refer:{tmp_path / 'refcoco'}"])[0]} == {"refcoco_testA", "refcoco_val"}
+    own_folder = load_rec_data([f"refer:{tmp_path / 'refcoco'}"])[0]
+    assert {s.split for s in own_folder} == {"refcoco_testA", "refcoco_val"}
 
 
 def test_refer_pickle_with_objects_is_refused(tmp_path):
@@ -108,7 +112,8 @@ def test_lmms_lab_parquet(tmp_path):
          "answer": ["too wide"], "segmentation": [1.0], "bbox": [10.0, 3.0, 40.0, 10.0], "iscrowd": 0,
          "file_name": "b.jpg"},
         {"question_id": "102", "image": {"bytes": b"not an image", "path": None}, "question": "q",
-         "answer": ["broken"], "segmentation": [1.0], "bbox": [1.0, 1.0, 2.0, 2.0], "iscrowd": 0, "file_name": "c.jpg"},
+         "answer": ["broken"], "segmentation": [1.0], "bbox": [1.0, 1.0, 2.0, 2.0], "iscrowd": 0,
+         "file_name": "c.jpg"},
     ]
     schema = pa.schema([("question_id", pa.string()),
                         ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
@@ -130,7 +135,7 @@ def test_lmms_lab_parquet(tmp_path):
 
 
 def test_parquet_written_by_datasets(tmp_path):
-    """The hub's files are written by `datasets` (Image feature = struct of bytes and path): read those too."""
+    """The hub's files are written by `datasets` (Image feature = struct of bytes and path)."""
     from datasets import Dataset, Features, Image, Sequence, Value
 
     features = Features({"question_id": Value("string"), "image": Image(), "question": Value("string"),
@@ -143,7 +148,8 @@ def test_parquet_written_by_datasets(tmp_path):
     folder.mkdir(parents=True)
     ds.to_parquet(str(folder / "val-00000-of-00001.parquet"))
     samples, problems = load_rec_data([str(folder / "val-00000-of-00001.parquet")])
-    assert problems == [] and [(s.split, s.id, s.expression) for s in samples] == [("refcocog_val", "7_0", "the dog")]
+    assert problems == []
+    assert [(s.split, s.id, s.expression) for s in samples] == [("refcocog_val", "7_0", "the dog")]
     assert samples[0].bbox == (1.0, 2.0, 11.0, 22.0)
     assert list(samples[0].load_image().getdata()) == list(pil.getdata())
 
@@ -163,7 +169,8 @@ def test_shikra_jsonl_and_bad_rows(tmp_path):
     samples, problems = read_jsonl(path)
     assert [(s.split, s.id, s.bbox) for s in samples] == [("refcoco+_testA", "1", (1.0, 2.0, 30.0, 40.0)),
                                                            ("refcoco+_testA", "x7", (0.0, 0.0, 50.0, 40.0))]
-    assert [(p.row, p.field) for p in problems] == [(3, "(line)"), (4, "img_path"), (5, "bbox"), (6, "expression")]
+    assert [(p.row, p.field) for p in problems] == [(3, "(line)"), (4, "img_path"), (5, "bbox"),
+                                                    (6, "expression")]
     assert all(p.file == str(path) for p in problems)
     assert "row 5, field 'bbox'" in str(problems[2])
     renamed, _ = load_rec_data([f"jsonl:{path}:mine"])
@@ -181,7 +188,8 @@ def test_names_and_specs(tmp_path):
     assert parse_spec(f"{tmp_path}/d.jsonl") == ("jsonl", f"{tmp_path}/d.jsonl", None)
     assert parse_spec(f"jsonl:{tmp_path}/d.jsonl:synth") == ("jsonl", f"{tmp_path}/d.jsonl", "synth")
     assert parse_spec("parquet:/x/*.parquet:refcoco")[::2] == ("parquet", "refcoco")
-    assert select_splits(["refcoco_val", "refcoco+_val", "refcoco_testA"], ["val"]) == {"refcoco_val", "refcoco+_val"}
+    names = ["refcoco_val", "refcoco+_val", "refcoco_testA"]
+    assert select_splits(names, ["val"]) == {"refcoco_val", "refcoco+_val"}
     assert select_splits(["refcoco_val", "refcoco_testA"], ["refcoco_testA"]) == {"refcoco_testA"}
     with pytest.raises(ValueError, match="requested splits"):
         (tmp_path / "e.jsonl").write_text(json.dumps({"img_path": "sample:coffee", "expression": "cup",
@@ -192,23 +200,25 @@ def test_names_and_specs(tmp_path):
 def test_pope_files(tmp_path):
     random_image(32, 24, 0).save(tmp_path / "COCO_val2014_000000000001.jpg")
     for subset in ("random", "adversarial"):
-        rows = [{"question_id": 1, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a dog in the image?",
-                 "label": "yes"},
-                {"question_id": 2, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a car?", "label": "No"},
+        image = "COCO_val2014_000000000001.jpg"
+        rows = [{"question_id": 1, "image": image, "text": "Is there a dog in the image?", "label": "yes"},
+                {"question_id": 2, "image": image, "text": "Is there a car?", "label": "No"},
                 {"question_id": 3, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a cat?",
                  "label": "maybe"},
                 {"question_id": 4, "image": "missing.jpg", "text": "Is there a cat?", "label": "no"}]
         (tmp_path / f"coco_pope_{subset}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     qs, problems = read_pope(tmp_path, tmp_path)
-    assert [(q.subset, q.id, q.label) for q in qs] == [("adversarial", "1", "yes"), ("adversarial", "2", "no"),
-                                                        ("random", "1", "yes"), ("random", "2", "no")]
-    assert sorted((p.row, p.field) for p in problems) == [(3, "label"), (3, "label"), (4, "image"), (4, "image")]
+    assert [(q.subset, q.id, q.label) for q in qs] == [
+        ("adversarial", "1", "yes"), ("adversarial", "2", "no"),
+        ("random", "1", "yes"), ("random", "2", "no")]
+    assert sorted((p.row, p.field) for p in problems) == [(3, "label"), (3, "label"), (4, "image"),
+                                                          (4, "image")]
     assert pope_subset_name("aokvqa_pope_seem_popular.json") == "popular"
 
 
 def test_gt_boxes_a_hair_outside_are_clipped_not_dropped(tmp_path):
     random_image(200, 100, 1).save(tmp_path / "a.png")
-    rows = [{"img_path": "a.png", "expression": "rounding", "bbox": [-0.4, 2, 201.5, 100.2]},  # within 1% of 200
+    rows = [{"img_path": "a.png", "expression": "rounding", "bbox": [-0.4, 2, 201.5, 100.2]},  # within 1%
             {"img_path": "a.png", "expression": "far out", "bbox": [10, 2, 215, 50]}]
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     samples, problems = read_jsonl(tmp_path / "r.jsonl")
