@@ -3,8 +3,10 @@ kind) and draw overlays. ``register_eval(subparsers)`` adds it to the ``tinygg e
 
     tinygg eval dig --pairs data/dig/test --predictions preds.jsonl --out runs/dig-eval --vis 16
 
-``--model`` (generate the answers with a checkpoint, then score them) goes through :func:`generate_fn`,
-which the model side provides; until it does, ``--model`` stops with a message saying so.
+``--model`` (generate the answers with a checkpoint, then score them) goes through :func:`generate_fn`
+(:mod:`dig.predict`: the GRPO prompt, batched greedy generation)::
+
+    tinygg eval dig --pairs data/dig/test --model runs/dig/3_mixed/final --out runs/dig-eval
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ writes: OUT/metrics.json (overall, by_difficulty, by_kind), OUT/per_sample.jsonl
 
 
 def generate_fn(model: str, records: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> list[str]:
-    """Answer every pair with ``model`` (one text per record, in order). Provided by the model side."""
-    raise NotImplementedError(
-        "tinygg eval dig --model: generating answers with a model is not wired in yet; write the answers as "
-        "JSONL ({\"id\": <pair id>, \"answer\": <text>} per line) and pass them with --predictions")
+    """Answer every pair with ``model`` (one text per record, in order), asking for ``args.box_format`` boxes."""
+    from dig.predict import generate_fn as answer
+
+    return answer(model, records, args)
 
 
 def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -63,6 +65,8 @@ def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPa
                                                              "failure, and all count as predictions)")
     p.add_argument("--iou-mode", default="matched", choices=list(IOU_MODES),
                    help="per-pair mean IoU over the matched pairs, over the GT boxes, or over max(N, M)")
+    p.add_argument("--batch-size", type=int, default=8, help="--model: pairs per generation batch")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="--model: answer length limit in tokens")
     p.add_argument("--allow-missing", action="store_true",
                    help="score pairs without a prediction as empty answers instead of stopping")
     p.set_defaults(func=cmd_eval_dig)

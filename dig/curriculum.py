@@ -95,8 +95,7 @@ def load_curriculum(path: str | Path | None, overrides: Sequence[str] = ()) -> C
     for k, entry in enumerate(entries):
         fields = {key: v for key, v in {**values, **entry, **cli, **per_stage.get(entry["name"], {})}.items()
                   if key != "name"}
-        if len(entries) > 1 or "output_dir" not in fields:
-            fields["output_dir"] = str(output_dir / f"{k + 1}_{entry['name']}")
+        fields["output_dir"] = str(output_dir / f"{k + 1}_{entry['name']}")
         pairs = fields.get("pairs", "")
         if pairs_root and pairs and not Path(pairs).is_absolute():
             fields["pairs"] = str(Path(pairs_root) / pairs)
@@ -118,12 +117,13 @@ def run_curriculum(cur: Curriculum, processor: Any = None) -> Path:
         cfg = stage.config if k == 0 else replace(stage.config, init=str(final))
         done = stage_done(cfg.output_dir) if cfg.resume else None
         skipped = done is not None
-        if skipped:
+        if skipped and rank() == 0:
             logger.info("curriculum: stage %d/%d %s already finished (%d steps); skipped", k + 1,
                         len(cur.stages), stage.name, done["steps"])
             final = Path(cfg.output_dir) / "final"
         else:
-            logger.info("curriculum: stage %d/%d %s from %s", k + 1, len(cur.stages), stage.name, cfg.init)
+            if rank() == 0:
+                logger.info("curriculum: stage %d/%d %s from %s", k + 1, len(cur.stages), stage.name, cfg.init)
             final = run_stage(cfg, name=stage.name, processor=processor)
             done = stage_done(cfg.output_dir) or {}
         results.append({"name": stage.name, "output_dir": cfg.output_dir, "final": str(final), "skipped": skipped,
@@ -155,7 +155,7 @@ def plot_reward_curves(stages: Sequence[tuple[str, Sequence[dict[str, Any]]]], p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_r, ax_z) = plt.subplots(2, 1, figsize=(7, 5), dpi=110, sharex=True,
+    fig, (ax_r, ax_z) = plt.subplots(2, 1, figsize=(8, 5), dpi=110, sharex=True,
                                      gridspec_kw={"height_ratios": [3, 1.3]})
     offset = 0
     for s, (name, history) in enumerate(stages):
@@ -172,7 +172,7 @@ def plot_reward_curves(stages: Sequence[tuple[str, Sequence[dict[str, Any]]]], p
             ax_r.text(offset, 1.0, f" {name}", transform=ax_r.get_xaxis_transform(), va="top", fontsize=8)
         offset += max([h["step"] for h in history if "step" in h], default=0)
     ax_r.set_ylabel("reward (mean)")
-    ax_r.legend(fontsize=8, loc="upper left", ncols=4)
+    ax_r.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax_r.grid(alpha=0.3)
     ax_r.set_title(stages[0][0] if len(stages) == 1 else "DiG curriculum")
     ax_z.set_ylabel("zero-variance\ngroups")

@@ -23,7 +23,9 @@ Run (one stage)::
     tinygg dig train --config scripts/configs/dig_single.yaml init=checkpoints/tinygg-stage3
     bash scripts/dig.sh                       # the curriculum under DeepSpeed (2 CPU processes without GPU)
 
-vLLM rollouts (``use_vllm=true``) are an option on GPU machines with vLLM installed; never required.
+vLLM rollouts (``use_vllm=true``) are an option on GPU machines with vLLM installed, for the architectures vLLM
+serves (Qwen-VL; not TinyGG, which vLLM does not know); never required: the default generates with
+``model.generate`` inside the trainer.
 """
 
 from __future__ import annotations
@@ -463,7 +465,8 @@ def run_stage(cfg: GRPOStageConfig, name: str = "grpo", processor: Any = None) -
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.resume and stage_done(out):
-        logger.info("%s: already finished (%s); skipped", name, out / "final")
+        if rank() == 0:
+            logger.info("%s: already finished (%s); skipped", name, out / "final")
         return out / "final"
     if not cfg.pairs:
         raise ValueError(f"{name}: no DiG pairs: set pairs=DIR (make them with `tinygg dig generate`)")

@@ -251,3 +251,28 @@ def test_dig_script_under_deepspeed_two_processes(pairs_root, tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert (proc.stdout + proc.stderr).count("already finished") >= 3
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def test_eval_dig_with_a_model_generates_then_scores(tiny_checkpoint, pairs_root, tmp_path, capsys):
+    """`tinygg eval dig --model`: the GRPO prompt through tinygg.inference, batched, then the DiG scorer."""
+    from dig.pairs import read_pairs
+    from dig.predict import answer_pairs
+    from tinygg.cli import build_parser
+    from tinygg.inference import load_model
+
+    out = tmp_path / "eval"
+    args = build_parser().parse_args(["eval", "dig", "--model", str(tiny_checkpoint), "--pairs",
+                                      str(pairs_root / "mixed"), "--out", str(out), "--batch-size", "2",
+                                      "--max-new-tokens", "5", "--vis", "1"])
+    assert args.func(args) == 0
+    assert "total" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["overall"]["n"] == 2 and metrics["overall"]["n_gt"] >= 2
+    rows = [json.loads(x) for x in (out / "per_sample.jsonl").read_text().splitlines()]
+    model, processor = load_model(tiny_checkpoint)
+    alone = answer_pairs(model, processor, read_pairs(pairs_root / "mixed"), "norm", batch_size=1, max_new_tokens=5)
+    assert [r["text"] for r in rows] == alone  # the batched answers are each pair's own greedy answer
+    assert len(list((out / "vis").glob("*.png"))) == 1
