@@ -590,8 +590,8 @@ def _floats(lists: list[str], counts: list[int]) -> tuple[np.ndarray, set[int]]:
     number (their values are NaN).
 
     numpy's C parser reads the joined slots in one call; it stops at the first slot that is not a whole
-    number, which shows as a short count, and only then are the slots read one by one with ``float``,
-    restarting after each bad list.
+    number (what it cannot read of a slot must be a separator), which shows as a short count, and only then
+    are the slots read one by one with ``float``, restarting after each bad list.
     """
     ends = np.cumsum(np.asarray(counts, dtype=np.int64) * 4)  # (L,) end of each list's numbers
     total = int(ends[-1]) if len(ends) else 0
@@ -600,12 +600,12 @@ def _floats(lists: list[str], counts: list[int]) -> tuple[np.ndarray, set[int]]:
     text = ",".join(lists).replace("[", "").replace("]", "")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "could not be read to its end": a short count
-        try:
-            values = np.fromstring(text, dtype=np.float64, sep=",")
+        try:  # the sentinel ",0" makes a bad last slot ("0.50.5": read as 0.50) stop short of the end too
+            values = np.fromstring(text + ",0", dtype=np.float64, sep=",")
         except ValueError:
             values = np.zeros(0)
-    if len(values) == total:
-        return values, set()
+    if len(values) == total + 1:
+        return values[:total], set()
     tokens = text.split(",")
     if len(tokens) != total:  # pragma: no cover - the skeleton check guarantees 4 slots per box
         raise AssertionError(f"expected {total} numbers in the box lists, found {len(tokens)}")

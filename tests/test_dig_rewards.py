@@ -170,11 +170,14 @@ def test_thinking_and_fences() -> None:
     (f"[{TEXT_A},,{TEXT_A}]", 0.0), ("[[0.1,0.2,0.3,1e999]]", 0.0), ("[[0.1,0.2,0.3,-0.1]]", 0.0),
     ('[{"bbox_2d": [0.1, 0.2, 0.3, 0.4]}]', 1.0), ('[{"bbox_2d": [0.1, 0.2, 0.3, 0.4], "bbox": [0,0,1,1]}]', 0.0),
     ('[{"label": "[0.1,0.1,0.2,0.2]", "bbox_2d": [0.1, 0.2, 0.3, 0.4]}]', 0.0), ("[[true,0,1,1]]", 0.0),
-    ('[[0.1,0.2,0.3,0.4],"x"]', 0.0), ("[[1..2,0,1,1]]", 0.0),
+    ('[[0.1,0.2,0.3,0.4],"x"]', 0.0), ("[[1..2,0,1,1]]", 0.0), ("[[0.5,0.5,1,0.50.5]]", 0.0),
+    ("[[0.5,0.5,1 1,0.5]]", 0.0), ("[[0.5,0.5,1,0.5 ]]", 1.0),
 ])
 def test_format_definition(text: str, ok: float) -> None:
     assert format_reward(text, CFG, *SIZE) == ok
-    assert score_completion(text, [GT_A], SIZE, CFG).format == ok  # the batched fast path agrees
+    s = score_completion(text, [GT_A], SIZE, CFG)
+    assert s.format == ok  # the batched fast path agrees
+    assert s.n_pred == len(parse_boxes(text))
 
 
 def test_ablation_presets() -> None:
