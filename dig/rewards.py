@@ -753,7 +753,8 @@ class DigReward:
         self._last_key: tuple | None = None
         self._last: BatchScores | None = None
 
-    def sizes_from(self, columns: Mapping[str, Any], n: int) -> list[Any]:
+    def sizes_from(self, columns: Mapping[str, Any]) -> list[Any]:
+        """Each example's (width, height): the ``size_key`` column, else ``width`` and ``height`` (pair records)."""
         if self.size_key in columns:
             return list(columns[self.size_key])
         if "width" in columns and "height" in columns:
@@ -767,7 +768,7 @@ class DigReward:
                              f"got columns {sorted(columns)}")
         texts = tuple(completion_text(c) for c in completions)
         boxes = columns[self.boxes_key]
-        sizes = self.sizes_from(columns, len(texts))
+        sizes = self.sizes_from(columns)
         key = (texts, repr(boxes), repr(sizes))
         if key != self._last_key:  # the trainer calls each component on the same batch in turn
             self._last = score_batch(texts, boxes, sizes, self.cfg)
