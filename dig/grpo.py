@@ -372,26 +372,31 @@ class AdaptiveStopCallback(TrainerCallback):
 
 
 class RewardCurveCallback(TrainerCallback):
-    """Writes ``log_history.jsonl`` and ``rewards.png`` (reward, its components, zero-variance groups)."""
+    """Writes ``log_history.jsonl`` at every log and ``rewards.png`` (reward, its components, zero-variance
+    groups) at every checkpoint and at the end (rank 0)."""
 
     def __init__(self, output_dir: Path, title: str) -> None:
         self.out, self.title = output_dir, title
 
-    def _write(self, state) -> None:
+    def _write(self, state, plot: bool) -> None:
         if not state.is_world_process_zero:
             return
         with (self.out / "log_history.jsonl").open("w") as fh:
             for h in state.log_history:
                 fh.write(json.dumps(h) + "\n")
-        from dig.curriculum import plot_reward_curves
+        if plot:
+            from dig.curriculum import plot_reward_curves
 
-        plot_reward_curves([(self.title, state.log_history)], self.out / "rewards.png")
+            plot_reward_curves([(self.title, state.log_history)], self.out / "rewards.png")
 
     def on_log(self, args, state, control, **kwargs):
-        self._write(state)
+        self._write(state, plot=False)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._write(state, plot=True)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._write(state)
+        self._write(state, plot=True)
 
 
 # ---------------------------------------------------------------------------------------------- the stage

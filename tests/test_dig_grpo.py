@@ -96,6 +96,31 @@ def test_override_precedence_and_errors(tmp_path):
         load_curriculum(yaml_path, ["box_format=grid"])
 
 
+def test_grpo_arguments_carry_the_dig_defaults():
+    from dig.grpo import GRPOStageConfig, grpo_args
+
+    cfg = GRPOStageConfig(per_device_batch_size=5, gradient_accumulation_steps=2)
+    args = grpo_args(cfg, [1.0, 1.0, 1.0])
+    assert (args.num_generations, args.temperature, args.learning_rate, args.beta, args.epsilon,
+            args.epsilon_high, args.loss_type, args.reward_weights) == (5, 1.0, 1e-6, 1e-2, 0.2, 0.3, "dapo",
+                                                                         [1.0, 1.0, 1.0])
+    assert args.generation_batch_size == 10  # 2 prompts x 5 answers per step on one process
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="use_vllm=true needs a GPU"):
+            grpo_args(GRPOStageConfig(use_vllm=True), [1.0])
+
+
+def test_cli_registers_dig_train(capsys):
+    from dig.grpo_cli import cmd_train
+    from tinygg.cli import build_parser
+
+    args = build_parser().parse_args(["dig", "train", "--config", str(CONFIGS[0]), "max_steps=3"])
+    assert args.func is cmd_train and args.overrides == ["max_steps=3"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["dig", "train", "--help"])
+    assert "stages.dual.max_steps=50" in capsys.readouterr().out
+
+
 def test_prompt_is_the_inference_prompt(tiny_model):
     """GRPO's prompt (TRL -> processor.apply_chat_template) is token for token what tinygg.inference asks."""
     from dig.prompt import instruction, messages
