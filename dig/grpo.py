@@ -509,8 +509,8 @@ def run_stage(cfg: GRPOStageConfig, name: str = "grpo", processor: Any = None) -
 
     final = out / "final"
     history = trainer.state.log_history
+    trainer.save_model(str(final))  # every rank takes part (ZeRO-3 gathers the weights); rank 0 writes
     if trainer.is_world_process_zero():
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(final, safe_serialization=True)
         processor.save_pretrained(final)
         mean, _ = mean_recent_reward(history, cfg.stop_window)
         record = {"name": name, "steps": trainer.state.global_step, "pairs": str(cfg.pairs), "init": str(init),
