@@ -1,0 +1,66 @@
+"""Where the time of one tiny-model training step goes on a CPU: data (image decode + processor), collation,
+forward and backward. Prints milliseconds per step for each part and the ratio of the whole step to the
+model part measured in the same run.
+
+    python bench/train_speed.py --data runs/demo/synth_single/train.json --batch 8 --steps 20 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from tinygg.build import build_model
+from tinygg.data.dataset import Collator, DataSource, SupervisedDataset, mix
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="training JSON (images relative to its folder)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--freeze-vision", action="store_true", help="no gradients through the towers")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, processor = build_model("tiny")
+    if args.freeze_vision:
+        model.model.vision_tower.requires_grad_(False)
+    model.set_attn_implementation("sdpa")
+    items = mix([DataSource(path=args.data)], seed=0)
+    ds = SupervisedDataset(items, processor, max_length=2048)
+    collate = Collator(processor.tokenizer.pad_token_id)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    n_params = sum(p.numel() for p in model.parameters())
+    times = {"data": 0.0, "collate": 0.0, "forward": 0.0, "backward+step": 0.0}
+    model.train()
+    for step in range(args.steps + 2):
+        t0 = time.perf_counter()
+        feats = [ds[(step * args.batch + k) % len(ds)] for k in range(args.batch)]
+        t1 = time.perf_counter()
+        batch = collate(feats)
+        t2 = time.perf_counter()
+        out = model(**batch)
+        t3 = time.perf_counter()
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t4 = time.perf_counter()
+        if step >= 2:  # warm-up steps excluded
+            for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                times[k] += dt
+    total = sum(times.values())
+    model_ms = (times["forward"] + times["backward+step"]) / args.steps * 1e3
+    print(f"params {n_params / 1e6:.2f}M, batch {args.batch}, seq {tuple(batch['input_ids'].shape)}, "
+          f"threads {args.threads}")
+    for k, v in times.items():
+        print(f"  {k:14s} {v / args.steps * 1e3:8.1f} ms/step")
+    print(f"  whole step     {total / args.steps * 1e3:8.1f} ms/step = {total / args.steps * 1e3 / model_ms:.2f}x "
+          f"the model part; {args.steps / total:.2f} steps/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""`tinygg demo`: its pieces (baselines, DiG supervision, REC split files) and a whole `--quick` run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from tinygg import demo  # noqa: E402
+from tinygg.boxes import box_iou, parse_boxes, square_to_pixel  # noqa: E402
+
+
+def test_best_constant_box_finds_the_common_box() -> None:
+    boxes = np.array([[40, 30, 60, 50]] * 8 + [[0, 0, 10, 10], [100, 80, 120, 95]], float)
+    const = demo.best_constant_box(boxes, (128, 96))
+    hits = box_iou(np.array([const]), boxes)[0] >= 0.5
+    assert hits[:8].all() and hits.sum() == 8
+
+
+def test_baseline_accuracy_per_split_and_all() -> None:
+    samples = [SimpleNamespace(split="a", bbox=(0, 0, 10, 10)), SimpleNamespace(split="a", bbox=(50, 50, 60, 60)),
+               SimpleNamespace(split="b", bbox=(0, 0, 10, 10))]
+    hits = demo.baseline_hits(samples, lambda s: [0, 0, 10, 10])
+    assert hits == [True, False, True]
+    assert demo.accuracy_by_split(samples, hits) == {"a": 0.5, "b": 1.0, "all": pytest.approx(2 / 3)}
+
+
+def test_pairs_become_supervised_dig_answers(tmp_path: Path) -> None:
+    pairs = demo.make_pairs("p", "dual", 3, seed=5, out=tmp_path, progress=False)
+    samples = demo.pairs_to_samples(pairs, tmp_path / "sft.json")
+    rows = json.loads(samples.read_text())
+    records = [json.loads(x) for x in pairs.read_text().splitlines()]
+    assert len(rows) == len(records) == 3
+    for row, rec in zip(rows, records):
+        assert row["conversations"][0]["value"].count("<image>") == 2 == len(row["images"])
+        assert all((tmp_path / p).exists() for p in row["images"])
+        got = square_to_pixel(np.array(parse_boxes(row["conversations"][1]["value"]), float), rec["width"],
+                              rec["height"])
+        assert np.abs(got - np.array(rec["boxes"], float)).max() < 1.0  # 3-decimal box text
+
+
+def test_rec_rows_split_by_relation(tmp_path: Path) -> None:
+    rows = [{"img_path": "images/a.png", "expression": "the red cube", "bbox": [1, 2, 3, 4]},
+            {"img_path": "images/a.png", "expression": "the cube left of the red sphere", "bbox": [1, 2, 3, 4]}]
+    (tmp_path / "test_rec.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    specs = demo.split_rec_rows(tmp_path / "test_rec.jsonl", tmp_path / "out")
+    assert [s.rsplit(":", 1)[1] for s in specs] == ["attributes", "relations"]
+    rel = json.loads((tmp_path / "out" / "relations.jsonl").read_text())
+    assert rel["expression"].endswith("red sphere") and Path(rel["img_path"]).is_absolute()
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path: Path) -> None:
+    from tinygg.build import build_model
+
+    model, processor = build_model("tiny")
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    processor.save_pretrained(ckpt)
+    out = tmp_path / "demo"
+    args = SimpleNamespace(out=str(out), quick=True, from_scratch=False, stage3=str(ckpt), dig=str(ckpt),
+                           threads=1, hours=1.0, ship=False)
+    assert demo._handler(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    table = m["rec"]["table"]
+    assert {"constant box", "random object"} <= set(table)
+    for row in table.values():
+        assert all(v is None or 0.0 <= v <= 1.0 for v in row.values())
+    # the DiG numbers are the scorer's, and a random model writes no valid box list
+    assert m["dig"]["before"]["n"] == demo.SIZES["quick"].dig_pairs
+    assert set(m["brief_training"]) == {"stage1", "stage2", "stage3", "dig reward"}
+    assert m["brief_training"]["stage1"]["steps"] == demo.SIZES["quick"].train_steps
+    report = (out / "report.md").read_text()
+    assert "constant box" in report and "after DiG" in report
+    assert (out / "curves.png").exists() and any((out / "rec" / "stage3" / "vis").iterdir())

@@ -1,0 +1,572 @@
+"""`tinygg demo`: the whole method on a CPU, with synthetic CLEVR-style data (flat renderer, no downloads).
+
+Two modes:
+
+* ``tinygg demo --from-scratch [--out DIR] [--hours H]`` trains the tiny preset from random init through the
+  real pipeline: synthetic corpora and DiG pairs, stage 1 (single-object scenes: object image -> box and
+  text -> box), stage 2 (multi-object REC with attributes), stage 3 (all grounding tasks with relations, plus
+  the DiG question answered by supervision on single/dual pairs), then the DiG GRPO stage on mixed pairs.
+  Every stage is a YAML of ``scripts/configs/demo/`` run by :func:`tinygg.train.run` (GRPO by
+  :func:`dig.grpo.run_stage`), evaluated with :func:`tinygg.evaluate.rec.evaluate_rec` and
+  :func:`dig.evaluate.score_predictions` after it. A restart skips finished stages (their ``final/``) and
+  resumes the running one from its last ``checkpoint-*``. ``--ship`` copies the stage-3 and DiG results in
+  half precision into ``model_zoo/checkpoints/`` and registers them in the shipped registry.
+* ``tinygg demo [--out DIR]`` starts from the shipped checkpoints: REC in the paper's Table 1 layout beside a
+  best-constant-box and a pick-a-random-object baseline, DiG F1 / mean IoU on held-out mixed pairs before and
+  after the DiG stage, and every training stage run briefly on fresh data; writes ``report.md``,
+  ``metrics.json`` and plots. ``--quick`` is the same in miniature (tests).
+
+Threads: the tiny model's matrices are small, so one intra-op thread per process is fastest, and far faster
+on a shared machine (docs/demo_recipe.md has the measurements); ``--threads`` changes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "scripts" / "configs" / "demo"
+SHIPPED = {"stage3": "tinygg-tiny-stage3", "dig": "tinygg-tiny-dig"}
+NOMINAL_HOURS = 2.0  # the YAMLs' max_steps add up to about this on 2 shared cores
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+@dataclass(frozen=True)
+class Corpus:
+    """One synthetic corpus (arguments of :class:`dig.synth.SynthConfig`)."""
+
+    name: str
+    n: int
+    min_objects: int
+    max_objects: int
+    tasks: tuple[str, ...]
+    relations: bool
+    seed: int
+    test_fraction: float = 0.05
+    val_fraction: float = 0.0
+
+
+@dataclass(frozen=True)
+class SftStage:
+    name: str
+    config: str  # file name in scripts/configs/demo
+    data: tuple[tuple[str, float], ...]  # (training file relative to the run's data dir, mixing ratio)
+
+
+@dataclass
+class Plan:
+    corpora: list[Corpus]
+    pair_sets: dict[str, tuple[str, int, int]]  # name -> (difficulty, n, seed)
+    sft_pairs: tuple[str, ...]  # pair sets turned into supervised DiG answers for stage 3
+    stages: list[SftStage]
+    dig_config: str = "dig.yaml"
+    dig_pairs: str = "dig_mixed"
+    rec_tests: tuple[str, ...] = ("synth_single", "synth_full")
+    dig_test: str = "dig_test"
+    eval_limit: int = 300  # REC rows per test file
+    steps_scale: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def from_scratch_plan(hours: float) -> Plan:
+    return Plan(
+        corpora=[
+            Corpus("synth_single", 6000, 1, 1, ("object2box", "text2box"), False, seed=1),
+            Corpus("synth_attr", 6000, 2, 4, ("text2box", "object2box", "box2text"), False, seed=2),
+            Corpus("synth_full", 6000, 2, 6, ("text2box", "box2text", "object2box", "text2object"), True, seed=3),
+        ],
+        pair_sets={"dig_single": ("single", 1600, 1), "dig_dual": ("dual", 1600, 2),
+                   "dig_mixed": ("mixed", 1600, 3), "dig_test": ("mixed", 200, 4)},
+        sft_pairs=("dig_single", "dig_dual"),
+        stages=[
+            SftStage("stage1", "stage1.yaml", (("synth_single/train.json", 1.0),)),
+            SftStage("stage2", "stage2.yaml", (("synth_attr/train.json", 1.0), ("synth_single/train.json", 0.3))),
+            SftStage("stage3", "stage3.yaml", (("synth_full/train.json", 1.0), ("synth_attr/train.json", 0.5),
+                                               ("dig_sft.json", 1.0))),
+        ],
+        steps_scale=hours / NOMINAL_HOURS,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ data
+def make_corpus(c: Corpus, out: Path, progress: bool = True) -> Path:
+    """Write (or find) one synthetic corpus; its folder is the image root of its samples."""
+    from dig.synth import SynthConfig, generate_synth
+
+    folder = out / c.name
+    info = folder / "synth_info.json"
+    if info.exists() and json.loads(info.read_text())["config"]["n"] == c.n:
+        return folder
+    generate_synth(SynthConfig(out=folder, n=c.n, min_objects=c.min_objects, max_objects=c.max_objects,
+                               tasks=c.tasks, relations=c.relations, seed=c.seed, val_fraction=c.val_fraction,
+                               test_fraction=c.test_fraction), progress=progress)
+    return folder
+
+
+def make_pairs(name: str, difficulty: str, n: int, seed: int, out: Path, progress: bool = True) -> Path:
+    """Write (or finish) one set of DiG pairs with the flat renderer; returns its pairs file."""
+    from dig.pairs import PAIRS_FILE, PairConfig, generate_pairs
+
+    folder = out / name
+    if not (folder / PAIRS_FILE).exists():
+        generate_pairs(PairConfig(out=folder, n=n, difficulty=difficulty, renderer="flat", seed=seed),
+                       progress=progress)
+    return folder / PAIRS_FILE
+
+
+def pairs_to_samples(pairs_file: Path, out_file: Path) -> Path:
+    """Supervised samples asking the DiG question about each pair, answered with its true boxes.
+
+    Paths are written relative to ``out_file``'s folder (the image root of the samples)."""
+    from dig.pairs import read_pairs
+    from dig.prompt import instruction
+    from tinygg.boxes import format_boxes, pixel_to_square
+
+    root = out_file.parent.resolve()
+    samples = []
+    for r in read_pairs(pairs_file):
+        w, h = int(r["width"]), int(r["height"])
+        boxes = [pixel_to_square(b, w, h) for b in r["boxes"]]
+        samples.append({"id": f"dig_{r['id']}",
+                        "images": [str(Path(r[k]).resolve().relative_to(root)) for k in ("image_a", "image_b")],
+                        "conversations": [{"from": "human", "value": "<image>\n<image>\n" + instruction("norm")},
+                                          {"from": "gpt", "value": format_boxes(boxes)}]})
+    out_file.write_text(json.dumps(samples))
+    return out_file
+
+
+def split_rec_rows(test_rec: Path, out_dir: Path, limit: int | None = None) -> list[str]:
+    """The REC test rows in two files, expressions with and without a spatial relation; data specs for
+    :func:`tinygg.evaluate.sources.load_rec_data` (split names ``attributes`` / ``relations``)."""
+    from dig.synth import RELATIONS
+
+    rows = [json.loads(line) for line in test_rec.read_text().splitlines() if line.strip()]
+    root = test_rec.parent.resolve()
+    groups: dict[str, list[dict]] = {"attributes": [], "relations": []}
+    for r in rows:
+        rel = any(f" {phrase} the " in r["expression"] for phrase in RELATIONS.values())
+        groups["relations" if rel else "attributes"].append(dict(r, img_path=str(root / r["img_path"])))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specs = []
+    for name, group in groups.items():
+        if not group:
+            continue
+        group = group[:limit] if limit else group
+        path = out_dir / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in group))
+        specs.append(f"jsonl:{path}:{name}")
+    return specs
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+def scene_boxes(corpus_dir: Path, split: str) -> dict[str, list[list[int]]]:
+    """Pixel boxes of every visible object per image of one split (re-rendered from ``scenes.jsonl``)."""
+    from dig import properties as P
+    from dig.masks import mask_box, visible_counts
+    from dig.render_flat import render_flat
+    from dig.scene import Scene
+
+    info = json.loads((corpus_dir / "synth_info.json").read_text())
+    w, h = info["config"]["size"]
+    out = {}
+    for line in (corpus_dir / "scenes.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["split"] != split:
+            continue
+        scene = Scene.from_dict(rec["scene"])
+        mask = render_flat(scene, w, h).mask
+        counts = visible_counts(mask, len(scene))
+        out[str((corpus_dir / rec["image"]).resolve())] = [
+            [int(v) for v in mask_box(mask, i + 1)] for i in range(len(scene)) if counts[i] >= P.min_visible_pixels(w, h)]
+    return out
+
+
+def best_constant_box(train_boxes: np.ndarray, size: tuple[int, int], grid: int = 16) -> list[float]:
+    """The one pixel box that the most training targets overlap with IoU >= 0.5 (a coarse search over
+    corners, refined around the best), the strongest answer that ignores the question and the image."""
+    from tinygg.boxes import box_iou
+
+    w, h = size
+    best, best_hits = None, -1
+
+    def search(xs: np.ndarray, ys: np.ndarray) -> None:
+        nonlocal best, best_hits
+        cand = np.array([[x1, y1, x2, y2] for x1 in xs for x2 in xs if x2 > x1 for y1 in ys for y2 in ys if y2 > y1],
+                        dtype=float)
+        hits = (box_iou(cand, train_boxes) >= 0.5).sum(axis=1)
+        k = int(hits.argmax())
+        if hits[k] > best_hits:
+            best, best_hits = cand[k].tolist(), int(hits[k])
+
+    search(np.linspace(0, w, grid + 1), np.linspace(0, h, grid + 1))
+    x1, y1, x2, y2 = best
+    dx, dy = w / grid, h / grid
+    search(np.linspace(x1 - dx, x2 + dx, grid + 1).clip(0, w), np.linspace(y1 - dy, y2 + dy, grid + 1).clip(0, h))
+    return [float(v) for v in best]
+
+
+def rec_row_accuracies(metrics: dict[str, Any]) -> dict[str, float]:
+    """Acc@0.5 per split of an ``evaluate_rec`` result, plus ``all`` (every row counted once)."""
+    splits = metrics["splits"]
+    n = sum(v["n"] for v in splits.values())
+    return {k: v["acc"] for k, v in splits.items()} | {"all": sum(v["hits"] for v in splits.values()) / n if n else None}
+
+
+def baseline_hits(samples: Sequence[Any], predict) -> list[bool]:
+    """Per REC sample: does the baseline's pixel box reach IoU >= 0.5 with the ground truth?"""
+    from tinygg.boxes import box_iou
+
+    return [bool(box_iou(np.array([predict(s)], float), np.array([s.bbox], float))[0, 0] >= 0.5) for s in samples]
+
+
+def accuracy_by_split(samples: Sequence[Any], hits: Sequence[bool]) -> dict[str, float | None]:
+    """Acc@0.5 per split and over all rows from per-sample hits."""
+    out: dict[str, float | None] = {}
+    for sp in sorted({s.split for s in samples}):
+        h = [x for s, x in zip(samples, hits) if s.split == sp]
+        out[sp] = float(np.mean(h))
+    out["all"] = float(np.mean(hits)) if len(hits) else None
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def run_sft_stage(stage: SftStage, init: str, data_dir: Path, out_dir: Path, steps_scale: float = 1.0,
+                  overrides: Sequence[str] = ()) -> Path:
+    """One supervised stage from its demo YAML; skipped when ``out_dir/final`` exists (resumes otherwise)."""
+    from tinygg.data.dataset import DataSource
+    from tinygg.train.config import load_config
+    from tinygg.train.trainer import run
+
+    final = out_dir / "final"
+    if (final / "model.safetensors").exists():
+        logger.info("%s: finished earlier (%s); skipped", stage.name, final)
+        return final
+    cfg = load_config(CONFIG_DIR / stage.config, [f"init={init}", f"output_dir={out_dir}", *overrides])
+    cfg.data = [DataSource(path=str(data_dir / p), ratio=r) for p, r in stage.data]
+    if steps_scale != 1.0 and cfg.max_steps > 0:
+        cfg.max_steps = max(1, round(cfg.max_steps * steps_scale))
+    t0 = time.time()
+    final = run(cfg)
+    (out_dir / "wall_time.json").write_text(json.dumps({"seconds": time.time() - t0, "max_steps": cfg.max_steps}))
+    return final
+
+
+def run_dig_stage(init: str, pairs: Path, out_dir: Path, config: str = "dig.yaml", steps_scale: float = 1.0,
+                  overrides: Sequence[str] = ()) -> Path:
+    from dig.grpo import load_stage_config, run_stage
+
+    cfg = load_stage_config(CONFIG_DIR / config, [f"init={init}", f"pairs={pairs}", f"output_dir={out_dir}",
+                                                  *overrides])
+    if steps_scale != 1.0 and cfg.max_steps > 0:
+        cfg.max_steps = max(1, round(cfg.max_steps * steps_scale))
+    return run_stage(cfg, name="dig")
+
+
+def eval_rec(model_dir: Path, specs: list[str], out_dir: Path, vis: int = 0) -> dict[str, Any]:
+    """Acc@0.5 of a checkpoint on the REC test files (resumes from ``out_dir``)."""
+    from tinygg.evaluate.rec import evaluate_rec
+    from tinygg.evaluate.sources import load_rec_data
+    from tinygg.inference import load_model
+
+    samples, problems = load_rec_data(specs)
+    model, processor = load_model(model_dir, dtype=__import__("torch").float32, device="cpu")
+    return evaluate_rec(model, processor, samples, out_dir, batch_size=16, vis=vis, problems=problems,
+                        settings={"model": str(model_dir), "data": specs}, progress=True)
+
+
+def eval_dig(model_dir: Path, pairs_file: Path, out_dir: Path, vis: int = 0) -> dict[str, Any]:
+    """DiG F1 / mean IoU of a checkpoint on held-out pairs (cached in ``out_dir/metrics.json``)."""
+    from dig.evaluate import draw_overlay, score_predictions
+    from dig.pairs import read_pairs
+    from dig.predict import answer_pairs
+    from tinygg.inference import load_model
+
+    done = out_dir / "metrics.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    records = read_pairs(pairs_file)
+    model, processor = load_model(model_dir, dtype=__import__("torch").float32, device="cpu")
+    texts = answer_pairs(model, processor, records, "norm", batch_size=8, progress=True)
+    result = score_predictions(records, texts)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = result.pop("per_sample", [])
+    with (out_dir / "predictions.jsonl").open("w") as f:
+        for r, t, row in zip(records, texts, rows or [{}] * len(records)):
+            f.write(json.dumps({"id": r["id"], "answer": t, **row}) + "\n")
+    for r, row in list(zip(records, rows))[:vis]:
+        draw_overlay(r, row, out_dir / "vis" / f"{r['id']}.png")
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ from scratch
+def from_scratch(out: Path, hours: float, ship: bool = False, progress: bool = True) -> dict[str, Any]:
+    """The long run; resumable. Returns the summary written to ``out/metrics.json``."""
+    plan = from_scratch_plan(hours)
+    data = out / "data"
+    t_start = time.time()
+    for c in plan.corpora:
+        make_corpus(c, data, progress)
+    pair_files = {k: make_pairs(k, d, n, s, data, progress) for k, (d, n, s) in plan.pair_sets.items()}
+    sft = data / "dig_sft.json"
+    if not sft.exists():
+        merged = []
+        for name in plan.sft_pairs:
+            merged += json.loads(pairs_to_samples(pair_files[name], data / f"{name}_sft.json").read_text())
+        random.Random(0).shuffle(merged)
+        sft.write_text(json.dumps(merged))
+    specs = {t: split_rec_rows(data / t / "test_rec.jsonl", out / "eval" / "rec_data" / t, plan.eval_limit)
+             for t in plan.rec_tests}
+
+    summary: dict[str, Any] = {"mode": "from-scratch", "hours_budget": hours, "stages": {}}
+    init = "preset:tiny"
+    for stage in plan.stages:
+        final = run_sft_stage(stage, init, data, out / stage.name, plan.steps_scale)
+        entry = {"checkpoint": str(final), "rec": {}}
+        for t, sp in specs.items():
+            m = eval_rec(final, sp, out / "eval" / stage.name / f"rec_{t}", vis=8)
+            entry["rec"][t] = rec_row_accuracies(m)
+        summary["stages"][stage.name] = entry
+        init = str(final)
+    stage3 = Path(init)
+    before = eval_dig(stage3, pair_files[plan.dig_test], out / "eval" / "stage3" / "dig", vis=8)
+    dig_final = run_dig_stage(str(stage3), pair_files[plan.dig_pairs], out / "dig", plan.dig_config,
+                              plan.steps_scale)
+    after = eval_dig(dig_final, pair_files[plan.dig_test], out / "eval" / "dig" / "dig", vis=8)
+    rec_after = {t: eval_rec(dig_final, sp, out / "eval" / "dig" / f"rec_{t}") for t, sp in specs.items()}
+    summary["stages"]["dig"] = {"checkpoint": str(dig_final),
+                                "rec": {t: rec_row_accuracies(m) for t, m in rec_after.items()}}
+    summary["dig"] = {"before": before["overall"], "after": after["overall"]}
+    summary["wall_time_this_session_s"] = time.time() - t_start
+    summary["stage_wall_times_s"] = {s.name: json.loads((out / s.name / "wall_time.json").read_text())["seconds"]
+                                     for s in plan.stages if (out / s.name / "wall_time.json").exists()}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "report.md").write_text(from_scratch_report(summary))
+    if ship:
+        ship_checkpoints(stage3, dig_final, out)
+    return summary
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def from_scratch_report(s: dict[str, Any]) -> str:
+    lines = ["# tinygg demo --from-scratch", "",
+             f"Tiny preset from random init; budget {s['hours_budget']} h.", "",
+             "| stage | test | split | Acc@0.5 |", "|---|---|---|---|"]
+    for name, e in s["stages"].items():
+        for t, accs in e["rec"].items():
+            for split, acc in accs.items():
+                lines.append(f"| {name} | {t} | {split} | {'-' if acc is None else f'{100 * acc:.1f}'} |")
+    if "dig" in s:
+        b, a = s["dig"]["before"], s["dig"]["after"]
+        lines += ["", "| DiG (held-out mixed pairs) | F1 | mean IoU |", "|---|---|---|",
+                  f"| stage 3 | {_num(b['f1'])} | {_num(b['mean_iou'])} |",
+                  f"| after DiG | {_num(a['f1'])} | {_num(a['mean_iou'])} |"]
+    lines += ["", f"Stage wall times (s): {json.dumps(s.get('stage_wall_times_s', {}))}", ""]
+    return "\n".join(lines)
+
+
+def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path) -> None:
+    """Half-precision copies in ``model_zoo/checkpoints/`` registered in the shipped registry."""
+    import torch
+    from model_zoo.add_checkpoint import add
+    from model_zoo.registry import PACKAGE_DIR, SHIPPED_REGISTRY
+    from tinygg.inference import load_model
+
+    for stage, src in (("stage3", stage3), ("dig", dig_final)):
+        name = SHIPPED[stage]
+        dest = PACKAGE_DIR / "checkpoints" / name
+        model, processor = load_model(src, dtype=torch.float32, device="cpu")
+        if dest.exists():
+            shutil.rmtree(dest)
+        model.to(torch.float16).save_pretrained(dest, safe_serialization=True)
+        processor.save_pretrained(dest)
+        shutil.copy(run_dir / "report.md", dest / "demo_report.md")
+        add(name, from_dir=dest, preset="tiny", stage=stage, registry=SHIPPED_REGISTRY, overwrite=True,
+            parent=SHIPPED["stage3"] if stage == "dig" else None,
+            description=f"Tiny TinyGroundingGPT trained from scratch by `tinygg demo --from-scratch` ({stage}).")
+
+
+# ------------------------------------------------------------------------------------------------ default demo
+@dataclass(frozen=True)
+class DemoSize:
+    scenes: int
+    dig_pairs: int
+    train_steps: int
+    grpo_steps: int
+    rec_limit: int
+
+
+SIZES = {"quick": DemoSize(scenes=16, dig_pairs=4, train_steps=2, grpo_steps=1, rec_limit=12),
+         "default": DemoSize(scenes=300, dig_pairs=60, train_steps=40, grpo_steps=8, rec_limit=200)}
+
+
+def default_demo(out: Path, stage3: str, dig_model: str, size: DemoSize, progress: bool = True) -> dict[str, Any]:
+    from dig.synth import TASKS
+    from tinygg.evaluate.sources import load_rec_data
+    from tinygg.inference import resolve_model_path
+
+    t0 = time.time()
+    stage3_dir, dig_dir = resolve_model_path(stage3), resolve_model_path(dig_model)
+    data = out / "data"
+    corpus = make_corpus(Corpus("fresh", size.scenes, 2, 6, TASKS, True, seed=1001, test_fraction=0.6), data,
+                         progress)
+    specs = split_rec_rows(corpus / "test_rec.jsonl", out / "rec_data", size.rec_limit)
+    test_pairs = make_pairs("dig_test", "mixed", size.dig_pairs, 1001, data, progress)
+    train_pairs = make_pairs("dig_train", "single", max(2, size.dig_pairs // 2), 1002, data, progress)
+    pairs_to_samples(train_pairs, data / "dig_sft.json")
+
+    metrics: dict[str, Any] = {"mode": "default", "models": {"stage3": str(stage3_dir), "dig": str(dig_dir)}}
+    # --- REC: the two shipped models and the two baselines
+    rec = {"stage3": eval_rec(stage3_dir, specs, out / "rec" / "stage3", vis=6),
+           "dig": eval_rec(dig_dir, specs, out / "rec" / "dig")}
+    samples, _ = load_rec_data(specs)
+    info = json.loads((corpus / "synth_info.json").read_text())
+    size_wh = tuple(info["config"]["size"])
+    train_boxes = np.array([box for boxes in scene_boxes(corpus, "train").values() for box in boxes], float)
+    const = best_constant_box(train_boxes, size_wh) if len(train_boxes) else [0, 0, size_wh[0], size_wh[1]]
+    objects = scene_boxes(corpus, "test")
+    rng = random.Random(0)
+    base = {"constant box": lambda s: const,
+            "random object": lambda s: rng.choice(objects.get(str(Path(s.image_path).resolve()), [const]))}
+    table: dict[str, dict[str, float | None]] = {}
+    for label, fn in base.items():
+        table[label] = accuracy_by_split(samples, baseline_hits(samples, fn))
+    for label, m in rec.items():
+        table[f"TinyGG tiny ({label})"] = rec_row_accuracies(m)
+    metrics["rec"] = {"table": table, "constant_box": const, "n": {sp: sum(s.split == sp for s in samples)
+                                                                    for sp in sorted({s.split for s in samples})}}
+    # --- DiG before / after
+    before = eval_dig(stage3_dir, test_pairs, out / "dig_eval" / "before", vis=4)
+    after = eval_dig(dig_dir, test_pairs, out / "dig_eval" / "after", vis=4)
+    metrics["dig"] = {"before": before["overall"], "after": after["overall"],
+                      "by_difficulty_after": after.get("by_difficulty")}
+    # --- every stage, briefly, on the fresh data
+    plan = [SftStage("stage1", "stage1.yaml", (("fresh/train.json", 1.0),)),
+            SftStage("stage2", "stage2.yaml", (("fresh/train.json", 1.0),)),
+            SftStage("stage3", "stage3.yaml", (("fresh/train.json", 1.0), ("dig_sft.json", 1.0)))]
+    init, curves = str(stage3_dir), {}
+    for st in plan:
+        final = run_sft_stage(st, init, data, out / "train" / st.name,
+                              overrides=[f"max_steps={size.train_steps}", "logging_steps=1", "save_steps=100000"])
+        curves[st.name] = _losses(out / "train" / st.name / "log_history.jsonl", "loss")
+        init = str(final)
+    run_dig_stage(init, train_pairs.parent, out / "train" / "dig",
+                  overrides=[f"max_steps={size.grpo_steps}", "logging_steps=1", "save_steps=100000"])
+    curves["dig reward"] = _losses(out / "train" / "dig" / "log_history.jsonl", "reward")
+    metrics["brief_training"] = {k: {"first": v[0][1] if v else None, "last": v[-1][1] if v else None,
+                                     "steps": len(v)} for k, v in curves.items()}
+    _plot_curves(curves, out / "curves.png")
+    metrics["wall_time_s"] = time.time() - t0
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "report.md").write_text(default_report(metrics, out))
+    return metrics
+
+
+def _losses(path: Path, key: str) -> list[tuple[int, float]]:
+    if not path.exists():
+        return []
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [(int(r["step"]), float(r[key])) for r in rows if key in r and "step" in r]
+
+
+def _plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.2 * len(curves), 3), dpi=100, squeeze=False)
+    for ax, (name, pts) in zip(axes[0], curves.items()):
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def default_report(m: dict[str, Any], out: Path) -> str:
+    table = m["rec"]["table"]
+    cols = sorted({k for row in table.values() for k in row if k != "all"}) + ["all"]
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}"
+
+    width = max(len(k) for k in table)
+    header = [f"{'Model':<{width}} | " + " | ".join(f"{c:>10}" for c in cols),
+              "-" * width + "-+-" + "-+-".join("-" * 10 for _ in cols)]
+    body = [f"{label:<{width}} | " + " | ".join(f"{pct(row.get(c)):>10}" for c in cols) for label, row in table.items()]
+    b, a = m["dig"]["before"], m["dig"]["after"]
+    lines = ["# tinygg demo", "", f"Models: stage 3 `{m['models']['stage3']}`, DiG `{m['models']['dig']}`.", "",
+             "## REC (paper Table 1 layout, held-out synthetic scenes)", "", "```", *header, *body, "```", "",
+             f"Rows per split: {m['rec']['n']}. Constant box (fit on the training scenes): {m['rec']['constant_box']}.",
+             "", "## DiG (held-out mixed pairs)", "", "| model | F1 | precision | recall | mean IoU |",
+             "|---|---|---|---|---|"]
+    for label, r in (("stage 3 (before DiG)", b), ("after DiG", a)):
+        lines.append(f"| {label} | {_num(r['f1'])} | {_num(r['precision'])} | {_num(r['recall'])} | "
+                     f"{_num(r['mean_iou'])} |")
+    lines += ["", "## Every stage, briefly, on fresh data", "", "| stage | steps | first | last |", "|---|---|---|---|"]
+    for k, v in m["brief_training"].items():
+        lines.append(f"| {k} | {v['steps']} | {v['first']} | {v['last']} |")
+    lines += ["", "![curves](curves.png)", "", "Boxes on test images: `rec/stage3/vis/`; DiG before/after: "
+              "`dig_eval/before/vis/`, `dig_eval/after/vis/`.", "", f"Wall time: {m['wall_time_s']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "demo", help="the whole method on synthetic data, on a CPU",
+        description="Default: evaluate the shipped tiny checkpoints (REC with baselines, DiG before/after) and "
+                    "run every training stage briefly on fresh data; writes report.md, metrics.json, plots. "
+                    "--from-scratch trains those checkpoints from random init (hours; resumable).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="output folder (a rerun resumes there)")
+    p.add_argument("--quick", action="store_true", help="a miniature run (tests; under 2 minutes)")
+    p.add_argument("--from-scratch", action="store_true", help="train the tiny checkpoints from random init")
+    p.add_argument("--hours", type=float, default=NOMINAL_HOURS,
+                   help="--from-scratch: training budget; scales every stage's max_steps")
+    p.add_argument("--ship", action="store_true",
+                   help="--from-scratch: copy the results (fp16) into model_zoo/checkpoints and register them")
+    p.add_argument("--stage3", default=SHIPPED["stage3"], help="stage-3 checkpoint (dir or zoo name)")
+    p.add_argument("--dig", default=SHIPPED["dig"], help="DiG checkpoint (dir or zoo name)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest for tiny)")
+    p.set_defaults(func=_handler)
+
+
+def _handler(args: argparse.Namespace) -> int:
+    _threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.from_scratch:
+        s = from_scratch(out, args.hours, ship=args.ship)
+        print((out / "report.md").read_text())
+        print(f"metrics -> {out / 'metrics.json'}")
+        return 0 if s else 1
+    default_demo(out, args.stage3, args.dig, SIZES["quick" if args.quick else "default"])
+    print((out / "report.md").read_text())
+    print(f"report -> {out / 'report.md'}")
+    return 0
