@@ -52,6 +52,10 @@ from dig.rewards import RewardConfig, make_reward_funcs
 logger = logging.getLogger(__name__)
 
 STAGE_DONE = "dig_stage.json"  # written into <output_dir>/final when a stage has finished and exported
+# Tokens that stand for pictures: a sampled one would desynchronise the model's placeholder count from its
+# pixel rows (TinyGG raises on a stray <object>; Qwen-VL's rope index on a stray <|vision_start|>).
+PLACEHOLDER_TOKEN_FIELDS = ("image_token_id", "object_token_id", "video_token_id", "vision_start_token_id",
+                            "vision_end_token_id")
 REWARD_KEYS = ("reward", "rewards/dig_format/mean", "rewards/dig_f1/mean", "rewards/dig_iou/mean")
 ZERO_STD_KEY = "frac_reward_zero_std"
 
@@ -408,8 +412,14 @@ def stage_done(output_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(marker.read_text()) if marker.exists() else None
 
 
-def grpo_args(cfg: GRPOStageConfig, reward_weights: list[float]):
-    """The ``trl.GRPOConfig`` of a stage."""
+def placeholder_token_ids(config: Any) -> list[int]:
+    """The ids of ``config``'s picture placeholder tokens (never to be sampled)."""
+    ids = [getattr(config, name, None) for name in PLACEHOLDER_TOKEN_FIELDS]
+    return sorted({int(i) for i in ids if isinstance(i, int) and i >= 0})
+
+
+def grpo_args(cfg: GRPOStageConfig, reward_weights: list[float], suppress_tokens: Sequence[int] = ()):
+    """The ``trl.GRPOConfig`` of a stage; ``suppress_tokens`` are never sampled (``model.generate`` rollouts)."""
     from trl import GRPOConfig
 
     gpu = torch.cuda.is_available() and not cfg.use_cpu
@@ -450,6 +460,8 @@ def grpo_args(cfg: GRPOStageConfig, reward_weights: list[float]):
         use_cpu=cfg.use_cpu or not torch.cuda.is_available(),
         report_to=cfg.report_to or "none",
         log_completions=cfg.log_completions,
+        generation_kwargs={"suppress_tokens": list(suppress_tokens)} if suppress_tokens and not cfg.use_vllm
+        else None,
         remove_unused_columns=False,
         disable_tqdm=rank() != 0,
     )
@@ -489,7 +501,7 @@ def run_stage(cfg: GRPOStageConfig, name: str = "grpo", processor: Any = None) -
         model.config._name_or_path = str(reference_checkpoint(init, model, out))
     records = read_pairs(cfg.pairs)
     dataset = build_dataset(records, box_format)
-    args = grpo_args(cfg, weights)
+    args = grpo_args(cfg, weights, suppress_tokens=placeholder_token_ids(model.config))
     if rank() == 0:
         (out / "stage_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         logger.info("%s: %d pairs from %s, init %s, box format %s, %d generations per prompt, %d prompts per "

@@ -105,6 +105,7 @@ def test_grpo_arguments_carry_the_dig_defaults():
             args.epsilon_high, args.loss_type, args.reward_weights) == (5, 1.0, 1e-6, 1e-2, 0.2, 0.3, "dapo",
                                                                          [1.0, 1.0, 1.0])
     assert args.generation_batch_size == 10  # 2 prompts x 5 answers per step on one process
+    assert args.generation_kwargs is None
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="use_vllm=true needs a GPU"):
             grpo_args(GRPOStageConfig(use_vllm=True), [1.0])
@@ -119,6 +120,16 @@ def test_cli_registers_dig_train(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["dig", "train", "--help"])
     assert "stages.dual.max_steps=50" in capsys.readouterr().out
+
+
+def test_placeholder_tokens_are_never_sampled(tiny_model):
+    """A sampled <object> would break the log-prob forward (placeholder count vs pixel rows)."""
+    from dig.grpo import GRPOStageConfig, grpo_args, placeholder_token_ids
+
+    model, _ = tiny_model
+    ids = placeholder_token_ids(model.config)
+    assert ids == sorted([model.config.image_token_id, model.config.object_token_id])
+    assert grpo_args(GRPOStageConfig(), [1.0], suppress_tokens=ids).generation_kwargs == {"suppress_tokens": ids}
 
 
 def test_prompt_is_the_inference_prompt(tiny_model):
