@@ -15,7 +15,8 @@ batch, which is EasyR1's ``token-mean``. TRL's advantage is ``(r - mean_group) /
 
 What TRL logs per step (``<output_dir>/log_history.jsonl``, plotted to ``rewards.png``): the total
 ``reward``, each component ``rewards/dig_format/mean``, ``rewards/dig_f1/mean``, ``rewards/dig_iou/mean``,
-``frac_reward_zero_std`` (the fraction of groups whose answers all scored the same, which give no gradient),
+``frac_reward_zero_std`` (the fraction of groups whose answers all scored the same, which give no gradient;
+TRL computes it from the group standard deviations when ``scale_rewards=group``, the default here),
 ``kl``, ``entropy``, clip ratios, and ``dig/precision``, ``dig/recall`` from the reward itself.
 
 Run (one stage)::
@@ -316,12 +317,13 @@ def reference_checkpoint(policy_dir: Path, model: torch.nn.Module, output_dir: P
     does not define, so it fails with AttributeError. For such a model this writes ``<output_dir>/reference``:
     symlinks to the policy checkpoint's files plus a ``config.json`` naming the Auto class in ``auto_map``
     (transformers still loads the registered local class: ``trust_remote_code`` stays off). Models whose class
-    is in transformers (Qwen-VL) use their own directory.
+    is in transformers (Qwen-VL), or whose config names its Auto class in ``auto_map``, use their own directory.
     """
     import transformers
 
     arch = (model.config.architectures or [type(model).__name__])[0]
-    if getattr(transformers, arch, None) is not None:
+    if getattr(transformers, arch, None) is not None or "AutoModelForImageTextToText" in (
+            getattr(model.config, "auto_map", None) or {}):
         return policy_dir
     target = output_dir / "reference"
     if not (target / "config.json").exists():

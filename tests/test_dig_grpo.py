@@ -132,6 +132,21 @@ def test_placeholder_tokens_are_never_sampled(tiny_model):
     assert grpo_args(GRPOStageConfig(), [1.0], suppress_tokens=ids).generation_kwargs == {"suppress_tokens": ids}
 
 
+def test_reference_policy_reloads_the_way_trl_builds_it(tiny_checkpoint, tmp_path):
+    """beta > 0: TRL rebuilds the reference from config._name_or_path; TinyGG's class is not in transformers."""
+    from trl.trainer.utils import create_model_from_path
+
+    from dig.grpo import load_policy, reference_checkpoint
+
+    model, _ = load_policy(tiny_checkpoint)
+    ref_dir = reference_checkpoint(tiny_checkpoint, model, tmp_path)
+    assert ref_dir == tmp_path / "reference" and (ref_dir / "model.safetensors").is_symlink()
+    ref = create_model_from_path(str(ref_dir), dtype=torch.float32)
+    assert type(ref) is type(model)
+    theirs = ref.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items())
+
+
 def test_prompt_is_the_inference_prompt(tiny_model):
     """GRPO's prompt (TRL -> processor.apply_chat_template) is token for token what tinygg.inference asks."""
     from dig.prompt import instruction, messages
