@@ -331,7 +331,7 @@ def reference_checkpoint(policy_dir: Path, model: torch.nn.Module, output_dir: P
         tmp.mkdir(parents=True, exist_ok=True)
         for f in policy_dir.iterdir():
             if f.name != "config.json":
-                os.symlink(f.resolve(), tmp / f.name)
+                os.symlink(os.path.relpath(f.resolve(), target), tmp / f.name)  # relative: the run dir may move
         config = json.loads((policy_dir / "config.json").read_text())
         config["auto_map"] = {"AutoModelForImageTextToText": f"{type(model).__module__}.{type(model).__name__}"}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
