@@ -67,7 +67,8 @@ class Curriculum:
 
 
 def load_curriculum(path: str | Path | None, overrides: Sequence[str] = ()) -> Curriculum:
-    """The stages of a curriculum YAML (see the module docstring). A YAML without ``stages:`` is one stage."""
+    """The stages of a curriculum YAML (see the module docstring). A YAML without ``stages:`` is one stage,
+    written to ``output_dir`` itself."""
     where = str(path or "overrides")
     values = read_yaml(path) if path else {}
     cli = parse_overrides(overrides)
@@ -76,6 +77,7 @@ def load_curriculum(path: str | Path | None, overrides: Sequence[str] = ()) -> C
     if mode not in MODES:
         raise ValueError(f"{where}: mode must be one of {MODES}; got {mode!r}")
     pairs_root = cli.pop("pairs_root", values.pop("pairs_root", None))
+    single = not values.get("stages")  # a plain stage YAML: one stage written to output_dir itself
     entries = values.pop("stages", None) or [{"name": "grpo"}]
     if not isinstance(entries, list):
         raise ValueError(f"{where}: stages must be a list of {{name, pairs, ...}}; got {entries!r}")  # noqa: TRY004
@@ -95,7 +97,7 @@ def load_curriculum(path: str | Path | None, overrides: Sequence[str] = ()) -> C
     for k, entry in enumerate(entries):
         fields = {key: v for key, v in {**values, **entry, **cli, **per_stage.get(entry["name"], {})}.items()
                   if key != "name"}
-        fields["output_dir"] = str(output_dir / f"{k + 1}_{entry['name']}")
+        fields["output_dir"] = str(output_dir if single else output_dir / f"{k + 1}_{entry['name']}")
         pairs = fields.get("pairs", "")
         if pairs_root and pairs and not Path(pairs).is_absolute():
             fields["pairs"] = str(Path(pairs_root) / pairs)

@@ -86,6 +86,8 @@ def test_override_precedence_and_errors(tmp_path):
     assert load_curriculum(yaml_path, ["mode=fixed"]).stages[0].config.stop_reward is None
     cur = load_curriculum(yaml_path, ["max_steps=2"])  # a plain override applies to every stage
     assert [s.config.max_steps for s in cur.stages] == [2, 2]
+    one = load_curriculum(ROOT / "scripts" / "configs" / "demo" / "dig.yaml", [f"output_dir={tmp_path / 'one'}"])
+    assert [s.name for s in one.stages] == ["grpo"] and one.stages[0].config.output_dir == str(tmp_path / "one")
     with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
         load_curriculum(yaml_path, ["learning_rat=1"])
     with pytest.raises(ValueError, match="stages.c: no such stage"):
