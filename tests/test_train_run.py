@@ -104,3 +104,19 @@ def test_killed_run_resumes_the_same_curve(rec_train_json, tmp_path):
     assert sorted(got) == list(range(1, 7))
     for step in range(1, 7):
         assert got[step] == pytest.approx(want[step], rel=1e-4), step
+
+
+def test_feature_cache_ranks_cover_every_picture_whatever_is_cached(rec_train_json, tmp_path, tiny_model):
+    """Ranks split the same key list even when one rank already wrote part of its share."""
+    from tinygg.data.dataset import DataSource, SupervisedDataset, mix
+    from tinygg.train.feature_cache import FeatureCache
+
+    model, processor = tiny_model
+    cache = FeatureCache(tmp_path / "cache", "fp")
+    items = mix([DataSource(str(rec_train_json), image_root=str(rec_train_json.parent / "imgs"))])
+    ds = SupervisedDataset(items, processor, feature_cache=cache)
+    tower = model.model.vision_tower
+    cache.fill(ds, tower, rank=0, world=2)  # rank 0 finishes first ...
+    cache.fill(ds, tower, rank=1, world=2)  # ... then rank 1 looks at the disk
+    for i in range(len(ds)):
+        assert ds[i]["vision_features"].shape == (1, model.config.num_image_tokens, model.config.vision_feature_dim)

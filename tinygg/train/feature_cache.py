@@ -80,14 +80,15 @@ class FeatureCache:
         """
         from tqdm.auto import tqdm
 
-        todo: dict[str, tuple[int, int]] = {}  # key -> (sample index, picture index)
+        every: dict[str, tuple[int, int]] = {}  # key -> (sample index, picture index)
         for i, (sample, root) in enumerate(dataset.items):
             paths = [dataset.image_path(i, rel) for rel in sample.images]
             kinds = dataset.kinds(i)
             for j, key in enumerate(self.picture_keys(paths, sample.objects, kinds)):
-                if key not in todo and not self.has(key):
-                    todo[key] = (i, j)
-        mine = sorted(todo.items())[rank::world]
+                every.setdefault(key, (i, j))
+        # Split the full key list (identical on every rank) before looking at what is cached: a rank that
+        # checked the disk while another was writing would otherwise split a different list.
+        mine = [kv for kv in sorted(every.items())[rank::world] if not self.has(kv[0])]
         device = next(tower.parameters()).device
         dtype = next(tower.parameters()).dtype
         bar = tqdm(total=len(mine), desc="feature cache", unit="pic", disable=rank != 0 or not mine)
