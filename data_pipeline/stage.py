@@ -173,9 +173,19 @@ def run_vlm_stage(
                     out.write(result)
                     _tally(report, record, result)
 
-            workers = min(todo.count, 2 * vlm.settings.concurrency)
+            tasks = [
+                asyncio.create_task(worker()) for _ in range(min(todo.count, 2 * vlm.settings.concurrency))
+            ]
             try:
-                await asyncio.gather(*(worker() for _ in range(workers)))
+                done, running = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                # one worker failed (e.g. a refused API key): stop the others before closing the client,
+                # so no request is left retrying against a closed connection
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
             finally:
                 await vlm.aclose()
 

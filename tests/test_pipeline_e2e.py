@@ -32,6 +32,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from PIL import Image
 
+from data_pipeline.answer_cache import AnswerCache
 from data_pipeline.cli import main as cli_main
 from data_pipeline.families import FAMILIES
 from data_pipeline.schema import validate_samples
@@ -111,7 +112,7 @@ class ScriptedVLM:
     stage gets on its first attempts: an int status (429/500), "hang", "fenced" (a repairable answer)
     or "garbage" (an unrecoverable one)."""
 
-    def __init__(self, faults: dict[tuple[str, int], list[Any]] | None = None, hang_s: float = 1.5):
+    def __init__(self, faults: dict[tuple[str, int], list[Any]] | None = None, hang_s: float = 4.0):
         self.faults = faults or {}
         self.hang_s = hang_s
         self.lock = threading.Lock()
@@ -120,6 +121,7 @@ class ScriptedVLM:
         self.order: dict[str, list[str]] = {}  # stage -> prompt hashes in order of first arrival
         self.statuses: Counter[int | str] = Counter()
         self.block_after: int | None = None  # stop answering after this many 200s (kill test)
+        self.granted = 0  # 200 answers decided so far
         self.release = threading.Event()
         self.auth_failures = 0
         self.response_formats: Counter[str] = Counter()
@@ -185,7 +187,10 @@ class ScriptedVLM:
             self.attempts[key] += 1
             plan = self.faults.get((stage, seen.index(key)), [])
             action = plan[attempt] if attempt < len(plan) else "ok"
-            blocked = self.block_after is not None and sum(self.answered.values()) >= self.block_after
+            # answers are granted at arrival, under the lock, so concurrent requests cannot overshoot
+            answers = action in ("ok", "fenced", "garbage")
+            blocked = answers and self.block_after is not None and self.granted >= self.block_after
+            self.granted += answers and not blocked
         if blocked:
             self.release.wait(30)
             return handler._send(503, {"error": {"message": "shutting down"}})
@@ -251,10 +256,12 @@ def _vlm_argv(images: Path, out: Path, base_url: str, options: str = "") -> list
     return ["pipeline", "--images", str(images), "--out", str(out), "--base-url", base_url, *options.split()]
 
 
-# thresholds low enough for a random GroundingDINO to ground something; fast retries; prices for the log
+# thresholds low enough for a random GroundingDINO to ground something; fast retries; prices for the log.
+# The timeout is generous: a request the server answered but the client gave up on (an overloaded CI
+# machine) would be paid twice, which is real behaviour but not what these tests are about.
 _FULL_RUN = (
     "--model test-vlm --box-threshold 0.05 --text-threshold 0.0 --max-instances 30 --min-score 0.05 "
-    "--min-object-area 0.0005 --max-object-area 0.95 --max-option-iou 0.9 --timeout 1.0 --backoff 0.05 "
+    "--min-object-area 0.0005 --max-object-area 0.95 --max-option-iou 0.9 --timeout 30 --backoff 0.05 "
     "--price-input 2.5 --price-output 10"
 )
 
@@ -292,8 +299,11 @@ def test_end_to_end_every_family_faults_and_rerun(
         ("fine_grained", 2): [429],
     }
     out = tmp_path / "out"
-    with ScriptedVLM(faults) as vlm:
-        assert cli_main(_argv(photos, out, tiny_gdino, vlm.base_url, "--concurrency", "3")) == 0
+    with ScriptedVLM(faults, hang_s=4.0) as vlm:  # the hang outlasts a 3 s timeout
+        assert (
+            cli_main(_argv(photos, out, tiny_gdino, vlm.base_url, "--concurrency", "3", "--timeout", "3"))
+            == 0
+        )
         summary = json.loads(capsys.readouterr().out)
         first_answers = sum(vlm.answered.values())
         # every prompt answered exactly once; 3 images x (recognise, relate, 3 qa) prompts
@@ -439,6 +449,68 @@ def test_server_down_leaves_images_pending_and_a_rerun_finishes(
     assert sorted(vlm.answered.values()) == [1, 1, 1]
 
 
+# The interrupted-run scenario: 3 recognise + 3 relate + 1 qa answer, then the server stops answering.
+# The image of that qa answer has no qa record yet (its other two requests are unanswered), so that
+# answer exists only in the cache when the run dies.
+_ANSWERS_BEFORE_DEATH = 7
+
+
+def _assert_interrupted(vlm: ScriptedVLM, out: Path) -> None:
+    assert sum(vlm.answered.values()) == _ANSWERS_BEFORE_DEATH
+    assert len(_records(out / "answers.jsonl")) == _ANSWERS_BEFORE_DEATH  # every answer was persisted
+    assert _records(out / "qa.jsonl") == [] and len(_records(out / "relate.jsonl")) == 3
+    vlm.block_after = None
+    vlm.release.set()
+
+
+def _assert_resumed_for_free(vlm: ScriptedVLM, summary: dict[str, Any], out: Path, photos: Path) -> None:
+    # every prompt answered exactly once across both runs: nothing paid twice
+    assert sorted(vlm.answered.values()) == [1] * 15, vlm.answered
+    by_stage = {s["stage"]: s for s in summary["stages"]}
+    assert by_stage["recognise"]["done_before"] == 3 and by_stage["ground"]["done_before"] == 3
+    assert by_stage["relate"]["done_before"] == 3 and by_stage["qa"]["done_before"] == 0
+    assert summary["vlm"]["stats"]["cache_hits"] == 1 and summary["vlm"]["stats"]["answered"] == 8
+    train = json.loads((out / "train.json").read_text())
+    validate_samples(train, photos, "train.json")
+    assert {s["id"].split("#")[1] for s in train} == set(FAMILIES)
+    assert KEY not in _files_text(out)
+
+
+class _Crash(BaseException):
+    """Stands for the process dying: not an ``Exception``, so nothing in the pipeline handles it."""
+
+
+def test_crashed_run_resumes_without_repeating_a_request(
+    photos: Path,
+    tiny_gdino: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out = tmp_path / "out"
+    persist = AnswerCache.put
+
+    def persist_then_die(self: AnswerCache, *args: Any, **kwargs: Any) -> None:
+        persist(self, *args, **kwargs)
+        if len(self) == _ANSWERS_BEFORE_DEATH:
+            raise _Crash
+
+    with ScriptedVLM({("recognise", 1): [429]}) as vlm:
+        vlm.block_after = _ANSWERS_BEFORE_DEATH
+        argv = _argv(photos, out, tiny_gdino, vlm.base_url, "--concurrency", "2")
+        monkeypatch.setattr(AnswerCache, "put", persist_then_die)
+        with pytest.raises(_Crash):
+            cli_main(argv)
+        monkeypatch.setattr(AnswerCache, "put", persist)
+        _assert_interrupted(vlm, out)
+        capsys.readouterr()
+        assert cli_main(argv) == 0
+        summary = json.loads(capsys.readouterr().out)
+    _assert_resumed_for_free(vlm, summary, out, photos)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers: ~10-30 s on 2 shared cores
 def test_killed_run_resumes_without_repeating_a_request(
     photos: Path,
     tiny_gdino: Path,
@@ -454,9 +526,7 @@ def test_killed_run_resumes_without_repeating_a_request(
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     with ScriptedVLM({("recognise", 1): [429]}) as vlm:
-        # 3 recognise + 3 relate + 1 qa answer, then the server stops answering: the image of that qa
-        # answer has no qa record yet (its other two requests are unanswered), so the answer is only cached
-        vlm.block_after = 7
+        vlm.block_after = _ANSWERS_BEFORE_DEATH
         argv = _argv(photos, out, tiny_gdino, vlm.base_url, "--concurrency", "2")
         proc = subprocess.Popen(
             [sys.executable, "-m", "data_pipeline.cli", *argv],
@@ -469,13 +539,13 @@ def test_killed_run_resumes_without_repeating_a_request(
         try:
             deadline = time.monotonic() + 120
             answers = out / "answers.jsonl"
-            while time.monotonic() < deadline:  # wait until the 7 answers are persisted, then kill
-                if answers.exists() and answers.read_text().count("\n") >= 7 and proc.poll() is None:
+            while time.monotonic() < deadline:  # wait until the answers are persisted, then kill
+                if len(_records(answers)) >= _ANSWERS_BEFORE_DEATH and proc.poll() is None:
                     break
                 assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
                 time.sleep(0.1)
             else:
-                raise AssertionError("the first run never reached 7 answers")
+                raise AssertionError(f"the first run never reached {_ANSWERS_BEFORE_DEATH} answers")
             time.sleep(0.3)
             os.killpg(proc.pid, signal.SIGKILL)
         finally:
@@ -484,24 +554,12 @@ def test_killed_run_resumes_without_repeating_a_request(
             _, err = proc.communicate()
         assert proc.returncode == -signal.SIGKILL
         assert KEY not in err.decode(errors="replace")
-        assert sum(vlm.answered.values()) == 7
-        assert _records(out / "qa.jsonl") == [] and len(_records(out / "relate.jsonl")) == 3
-        vlm.block_after = None
-        vlm.release.set()
+        _assert_interrupted(vlm, out)
 
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
         assert cli_main(argv) == 0
         summary = json.loads(capsys.readouterr().out)
-    # every prompt answered exactly once across both runs: nothing paid twice
-    assert sorted(vlm.answered.values()) == [1] * 15, vlm.answered
-    by_stage = {s["stage"]: s for s in summary["stages"]}
-    assert by_stage["recognise"]["done_before"] == 3 and by_stage["ground"]["done_before"] == 3
-    assert by_stage["relate"]["done_before"] == 3 and by_stage["qa"]["done_before"] == 0
-    assert summary["vlm"]["stats"]["cache_hits"] == 1 and summary["vlm"]["stats"]["answered"] == 8
-    train = json.loads((out / "train.json").read_text())
-    validate_samples(train, photos, "train.json")
-    assert {s["id"].split("#")[1] for s in train} == set(FAMILIES)
-    assert KEY not in _files_text(out)
+    _assert_resumed_for_free(vlm, summary, out, photos)
 
 
 def test_shards_write_apart_and_export_merges_them(

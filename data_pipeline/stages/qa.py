@@ -40,15 +40,26 @@ def run(ctx: RunContext) -> StageReport:
 
     async def process(record: dict[str, Any]) -> dict[str, Any]:
         _, url = await image_and_url(ctx, record["image_id"])
-        answers = await asyncio.gather(
-            ask(record, url, "fine_grained", max_questions=opts["max_questions"]),
-            ask(record, url, "conversation", rounds=opts["conversation_rounds"]),
-            ask(record, url, "description"),
-            return_exceptions=True,
-        )
-        for a in answers:  # anything but a bad answer (e.g. VLMUnavailable) leaves the image pending
-            if isinstance(a, BaseException) and not isinstance(a, MalformedAnswer):
-                raise a
+
+        async def kept_if_malformed(kind: str, **values: Any) -> Any:
+            try:
+                return await ask(record, url, kind, **values)
+            except MalformedAnswer as exc:  # costs only this answer's families
+                return exc
+
+        tasks = [
+            asyncio.create_task(kept_if_malformed("fine_grained", max_questions=opts["max_questions"])),
+            asyncio.create_task(kept_if_malformed("conversation", rounds=opts["conversation_rounds"])),
+            asyncio.create_task(kept_if_malformed("description")),
+        ]
+        try:
+            answers = await asyncio.gather(*tasks)
+        except BaseException:
+            # anything else (VLMUnavailable, a refused key, cancellation) leaves the image pending: stop
+            # the sibling requests instead of waiting for their retries
+            for task in tasks:
+                task.cancel()
+            raise
         fine, conversation, description = answers
         samples: list[dict[str, Any]] = []
         errors: dict[str, str] = {}
