@@ -119,26 +119,16 @@ def test_backoff_honours_retry_after_doubles_and_caps(tmp_path: Path) -> None:
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
 
 
-def test_the_cli_loads_without_the_openai_package() -> None:
+def test_the_cli_loads_without_the_openai_package(monkeypatch: pytest.MonkeyPatch) -> None:
     """``tinygg`` registers this command at start-up: it must not need the optional ``data`` extra."""
-    import subprocess
+    import importlib
     import sys
 
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'openai':\n"
-        "            raise ModuleNotFoundError(name, name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "import argparse, data_pipeline.cli as c\n"
-        "c.register(argparse.ArgumentParser().add_subparsers())\n"
-        "from data_pipeline.vlm_client import _import_openai\n"
-        "try:\n"
-        "    _import_openai()\n"
-        "except ModuleNotFoundError as e:\n"
-        "    print(e)\n"
-    )
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
-    assert "pip install 'tinygroundinggpt[data]'" in out.stdout
+    for name in [m for m in sys.modules if m == "data_pipeline" or m.startswith("data_pipeline.")]:
+        monkeypatch.delitem(sys.modules, name)  # restored after the test
+    monkeypatch.setitem(sys.modules, "openai", None)  # `import openai` now fails
+    cli = importlib.import_module("data_pipeline.cli")
+    cli.register(argparse.ArgumentParser().add_subparsers())
+    vlm_client = importlib.import_module("data_pipeline.vlm_client")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'tinygroundinggpt\[data\]'"):
+        vlm_client._import_openai()
