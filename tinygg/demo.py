@@ -402,9 +402,12 @@ def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path) -> None:
         model.to(torch.float16).save_pretrained(dest, safe_serialization=True)
         processor.save_pretrained(dest)
         shutil.copy(run_dir / "report.md", dest / "demo_report.md")
-        add(name, from_dir=dest, preset="tiny", stage=stage, registry=SHIPPED_REGISTRY, overwrite=True,
-            parent=SHIPPED["stage3"] if stage == "dig" else None,
-            description=f"Tiny TinyGroundingGPT trained from scratch by `tinygg demo --from-scratch` ({stage}).")
+        rec_json = run_dir / "eval" / ("stage3" if stage == "stage3" else "dig") / "rec_synth_full" / "metrics.json"
+        add(name, from_dir=dest, preset="tiny", stage=stage, registry_path=SHIPPED_REGISTRY, overwrite=True,
+            parent=SHIPPED["stage3"] if stage == "dig" else None, license="apache-2.0",
+            eval_json=[rec_json] if rec_json.exists() else [],
+            description=f"The tiny preset trained from random init on synthetic CLEVR-style data by "
+                        f"`tinygg demo --from-scratch` ({stage}); half precision. Report: demo_report.md.")
 
 
 # ------------------------------------------------------------------------------------------------ default demo
@@ -427,7 +430,11 @@ def default_demo(out: Path, stage3: str, dig_model: str, size: DemoSize, progres
     from tinygg.inference import resolve_model_path
 
     t0 = time.time()
-    stage3_dir, dig_dir = resolve_model_path(stage3), resolve_model_path(dig_model)
+    try:
+        stage3_dir, dig_dir = resolve_model_path(stage3), resolve_model_path(dig_model)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"tinygg demo: {e}\nThe default demo starts from the shipped tiny checkpoints; train them "
+                         f"with `tinygg demo --from-scratch --ship` or pass --stage3 DIR --dig DIR.") from None
     data = out / "data"
     corpus = make_corpus(Corpus("fresh", size.scenes, 2, 6, TASKS, True, seed=1001, test_fraction=0.6), data,
                          progress)
