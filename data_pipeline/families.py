@@ -23,6 +23,7 @@ and object, so reruns are reproducible.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any
 
 from data_pipeline.json_repair import MalformedAnswer
@@ -51,7 +52,10 @@ def _sentence(text: str) -> str:
 
 
 def parse_expressions(value: Any, record: dict[str, Any]) -> dict[str, str]:
-    """Referring expressions per object id from the fine-grained answer; names stand in when unique."""
+    """Referring expressions per object id from the fine-grained answer; names stand in when unique.
+
+    Expressions that carry marks or tokens, or that two objects share, are not used.
+    """
     names = [o["name"] for o in record["objects"]]
     given = value.get("expressions") if isinstance(value, dict) else None
     given = given if isinstance(given, dict) else {}
@@ -62,7 +66,16 @@ def parse_expressions(value: Any, record: dict[str, Any]) -> dict[str, str]:
             out[o["id"]] = " ".join(text.split())
         elif names.count(o["name"]) == 1:
             out[o["id"]] = f"the {o['name']}"
-    return out
+    # an expression shared by two objects refers to neither: fall back to a unique name, or drop it
+    counts = Counter(e.lower() for e in out.values())
+    name_of = {o["id"]: o["name"] for o in record["objects"]}
+    unique: dict[str, str] = {}
+    for oid, expression in out.items():
+        if counts[expression.lower()] == 1:
+            unique[oid] = expression
+        elif names.count(name_of[oid]) == 1:
+            unique[oid] = f"the {name_of[oid]}"
+    return unique
 
 
 def object_families(

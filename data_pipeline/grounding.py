@@ -52,8 +52,8 @@ def _phrase_spans(phrases: list[str]) -> tuple[str, list[tuple[int, int]]]:
     return text, spans
 
 
-def _clean_name(name: str) -> str:
-    # '.' separates phrases in GroundingDINO prompts; it must not occur inside one
+def clean_name(name: str) -> str:
+    """The phrase GroundingDINO is asked for: lower case, single spaces, no '.' (its phrase separator)."""
     return " ".join(name.replace(".", " ").lower().split())
 
 
@@ -163,7 +163,7 @@ class GroundingDetector:
 
     def detect(self, image: Image.Image, names: list[str]) -> list[Detection]:
         """Boxes for each of ``names`` in ``image`` (names lower-cased; '.' removed; duplicates merged)."""
-        phrases = list(dict.fromkeys(n for n in (_clean_name(x) for x in names) if n))
+        phrases = list(dict.fromkeys(n for n in (clean_name(x) for x in names) if n))
         detections: list[Detection] = []
         for chunk in self._chunks(phrases):
             detections += self._detect_chunk(image, chunk)

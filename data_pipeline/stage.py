@@ -1,10 +1,13 @@
 """What every stage shares: the run context, stage files, resume bookkeeping and the async driver.
 
 A stage reads its predecessor's JSONL (one record per image), skips the images its own JSONL already
-holds, processes the rest and appends one record per image as soon as that image is done. A record
-may note partial losses in ``"problems": {what: why}``; a record with an ``"error"`` field is final for that image (for example an unrecoverable answer) and is not
-passed on; an image whose VLM request failed after every retry gets no record at all, so the next run
-tries it again.
+holds, processes the rest and appends one record per image as soon as that image is done.
+
+* A record may note partial losses in ``"problems": {what: why}`` (e.g. one rejected answer).
+* A record with an ``"error"`` field is final for that image (for example an unreadable file or an
+  answer without a single usable object) and is not passed on.
+* An image whose VLM request failed after every retry gets no record at all, so the next run tries it
+  again.
 """
 
 from __future__ import annotations

@@ -135,7 +135,8 @@ def _import_openai() -> Any:
         import openai
     except ModuleNotFoundError:
         raise ModuleNotFoundError(
-            "the VLM stages need the openai client: pip install 'tinygroundinggpt[data]' (or pip install openai)"
+            "the VLM stages need the openai client: pip install 'tinygroundinggpt[data]' "
+            "(or pip install openai)"
         ) from None
     return openai
 

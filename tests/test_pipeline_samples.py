@@ -66,6 +66,9 @@ def test_object_families_tokens_boxes_and_answers() -> None:
     )
     # o3's expression contains a mark: refused; "dog" is ambiguous, so o3 gets no words at all
     assert exprs == {"o1": "the man", "o2": "the dog in the middle", "o4": "the ball"}
+    shared = {"expressions": {"o1": "The animal", "o2": "the animal", "o4": "a red ball"}}
+    # "the animal" fits o1 and o2: o1 falls back to its unique name, o2 ("dog" twice) gets nothing
+    assert families.parse_expressions(shared, rec) == {"o1": "the man", "o4": "a red ball"}
     samples = families.object_families(rec, exprs, Templates(), seed=0)
     by_family: dict[str, list[dict[str, Any]]] = {}
     for s in samples:

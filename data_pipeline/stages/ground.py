@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from data_pipeline.grounding import GroundingDetector
+from data_pipeline.grounding import GroundingDetector, clean_name
 from data_pipeline.images import open_image
 from data_pipeline.stage import RunContext, StageReport, run_sync_stage, split_pending
 
@@ -37,7 +37,11 @@ def run(ctx: RunContext, detector: GroundingDetector | None = None) -> StageRepo
             for k, d in enumerate(detections)
         ]
         found = {d.name for d in detections}
-        out = {**record, "objects": objects, "ungrounded": [n for n in record["names"] if n not in found]}
+        out = {
+            **record,
+            "objects": objects,
+            "ungrounded": [n for n in record["names"] if clean_name(n) not in found],
+        }
         if not objects:
             out["error"] = "nothing grounded: no box passed the thresholds"
         return out
