@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +235,22 @@ def test_schema_validation_names_sample_field_and_problem(tmp_path: Path, mutate
     mutate(samples)
     with pytest.raises(ValueError, match=message):
         validate_samples(samples, tmp_path, "train.json")
+
+
+def test_prompt_overrides_and_placeholder_errors(tmp_path: Path) -> None:
+    (tmp_path / "questions").mkdir()
+    (tmp_path / "recognise.txt").write_text("List up to $max_objects things, as JSON.")
+    (tmp_path / "questions" / "text_to_box.txt").write_text("Box of $expression?\n\n")
+    (tmp_path / "relate.txt").write_text("Relations among $objects and $missing")
+    t = Templates(tmp_path)
+    assert t.prompt("recognise.txt", max_objects=3) == "List up to 3 things, as JSON."
+    assert "Task: grounding description" in t.prompt(
+        "qa_description.txt", objects="o1", relations="-"
+    )  # shipped
+    assert t.question("text_to_box", random.Random(0), expression="the cat") == "Box of the cat?"
+    with pytest.raises(KeyError, match=r"relate\.txt: no value given for placeholder \$missing"):
+        t.prompt("relate.txt", objects="o1: cat")
+    with pytest.raises(KeyError, match=r"box_to_text\.txt: template .* uses \$box"):
+        Templates().question("box_to_text", random.Random(0))
+    with pytest.raises(FileNotFoundError, match="--prompts"):
+        Templates(tmp_path / "nope")
