@@ -132,3 +132,11 @@ def test_the_cli_loads_without_the_openai_package(monkeypatch: pytest.MonkeyPatc
     vlm_client = importlib.import_module("data_pipeline.vlm_client")
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'tinygroundinggpt\[data\]'"):
         vlm_client._import_openai()
+
+
+def test_tinygg_data_pipeline_reaches_this_handler() -> None:
+    from data_pipeline.cli import handle_pipeline
+    from tinygg.cli import build_parser
+
+    args = build_parser().parse_args(["data", "pipeline", "--images", "imgs", "--out", "synth", "--shard", "0/2"])
+    assert args.func is handle_pipeline and args.shard == "0/2"
