@@ -91,6 +91,10 @@ class TinyGGConfig(PreTrainedConfig):
     """
 
     model_type = "tinygg"
+    # Not remote code: tells tools that rebuild a model from its path (TRL's reference model) which Auto
+    # class to use. Loading resolves to the class registered on `import tinygg`, never to downloaded code.
+    auto_map: ClassVar[dict[str, str]] = {
+        "AutoModelForImageTextToText": "tinygg.modeling.TinyGGForConditionalGeneration"}
     sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {
         "text_config": SubConfigSpec(config_class=Qwen2Config),
         "clip_config": SubConfigSpec(config_class=CLIPVisionConfig),
