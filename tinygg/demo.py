@@ -119,10 +119,8 @@ def make_pairs(name: str, difficulty: str, n: int, seed: int, out: Path, progres
     """Write (or finish) one set of DiG pairs with the flat renderer; returns its pairs file."""
     from dig.pairs import PAIRS_FILE, PairConfig, generate_pairs
 
-    folder = out / name
-    if not (folder / PAIRS_FILE).exists():
-        generate_pairs(PairConfig(out=folder, n=n, difficulty=difficulty, renderer="flat", seed=seed),
-                       progress=progress)
+    folder = out / name  # generate_pairs resumes a partial file and returns at once for a finished one
+    generate_pairs(PairConfig(out=folder, n=n, difficulty=difficulty, renderer="flat", seed=seed), progress=progress)
     return folder / PAIRS_FILE
 
 
@@ -325,20 +323,24 @@ def from_scratch(out: Path, hours: float, ship: bool = False, progress: bool = T
     t_start = time.time()
     for c in plan.corpora:
         make_corpus(c, data, progress)
-    pair_files = {k: make_pairs(k, d, n, s, data, progress) for k, (d, n, s) in plan.pair_sets.items()}
-    sft = data / "dig_sft.json"
-    if not sft.exists():
-        merged = []
-        for name in plan.sft_pairs:
-            merged += json.loads(pairs_to_samples(pair_files[name], data / f"{name}_sft.json").read_text())
-        random.Random(0).shuffle(merged)
-        sft.write_text(json.dumps(merged))
     specs = {t: split_rec_rows(data / t / "test_rec.jsonl", out / "eval" / "rec_data" / t, plan.eval_limit)
              for t in plan.rec_tests}
 
     summary: dict[str, Any] = {"mode": "from-scratch", "hours_budget": hours, "stages": {}}
     init = "preset:tiny"
+    pair_files: dict[str, Path] = {}
     for stage in plan.stages:
+        if any(p == "dig_sft.json" for p, _ in stage.data) and not pair_files:  # pairs only when first needed
+            pair_files = {k: make_pairs(k, d, n, s, data, progress) for k, (d, n, s) in plan.pair_sets.items()}
+            sft = data / "dig_sft.json"
+            if not sft.exists():
+                merged = []
+                for name in plan.sft_pairs:
+                    merged += json.loads(pairs_to_samples(pair_files[name], data / f"{name}_sft.json").read_text())
+                random.Random(0).shuffle(merged)
+                tmp = sft.with_name(sft.name + ".tmp")
+                tmp.write_text(json.dumps(merged))
+                tmp.replace(sft)
         final = run_sft_stage(stage, init, data, out / stage.name, plan.steps_scale)
         entry = {"checkpoint": str(final), "rec": {}}
         for t, sp in specs.items():
@@ -551,16 +553,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "run every training stage briefly on fresh data; writes report.md, metrics.json, plots. "
                     "--from-scratch trains those checkpoints from random init (hours; resumable).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="runs/demo", help="output folder (a rerun resumes there)")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (a rerun resumes there)")
     p.add_argument("--quick", action="store_true", help="a miniature run (tests; under 2 minutes)")
     p.add_argument("--from-scratch", action="store_true", help="train the tiny checkpoints from random init")
-    p.add_argument("--hours", type=float, default=NOMINAL_HOURS,
-                   help="--from-scratch: training budget; scales every stage's max_steps")
+    p.add_argument("--hours", type=float, default=NOMINAL_HOURS, metavar="H",
+                   help="--from-scratch: budget in hours at ~1.5 steps/s; scales every stage's max_steps (the YAMLs' "
+                        "numbers are for 2 h)")
     p.add_argument("--ship", action="store_true",
                    help="--from-scratch: copy the results (fp16) into model_zoo/checkpoints and register them")
-    p.add_argument("--stage3", default=SHIPPED["stage3"], help="stage-3 checkpoint (dir or zoo name)")
-    p.add_argument("--dig", default=SHIPPED["dig"], help="DiG checkpoint (dir or zoo name)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest for tiny)")
+    p.add_argument("--stage3", default=SHIPPED["stage3"], metavar="MODEL", help="stage-3 checkpoint (dir or zoo name)")
+    p.add_argument("--dig", default=SHIPPED["dig"], metavar="MODEL", help="DiG checkpoint (dir or zoo name)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch intra-op threads (1 is fastest for tiny)")
     p.set_defaults(func=_handler)
 
 
