@@ -110,7 +110,7 @@ def _answer(stage: str, text: str, image: Image.Image) -> str:
 class ScriptedVLM:
     """Loopback OpenAI-compatible server. ``faults[(stage, n)]`` lists what the n-th distinct prompt of a
     stage gets on its first attempts: an int status (429/500), "hang", "fenced" (a repairable answer)
-    or "garbage" (an unrecoverable one)."""
+    "garbage" (an unrecoverable one) or "bad_qas" (a fine-grained answer whose "qas" is unusable)."""
 
     def __init__(self, faults: dict[tuple[str, int], list[Any]] | None = None, hang_s: float = 4.0):
         self.faults = faults or {}
@@ -211,6 +211,8 @@ class ScriptedVLM:
             answer = "Here you go:\n```json\n" + answer[:-1] + ",}\n```"
         elif action == "garbage":
             answer = "I am sorry, I cannot describe this image {{{"
+        elif action == "bad_qas":  # valid JSON, expressions fine, but "qas" is not a list
+            answer = json.dumps({**json.loads(answer), "qas": "none"})
         with self.lock:
             self.answered[key] += 1
         handler._send(
@@ -296,6 +298,8 @@ def test_end_to_end_every_family_faults_and_rerun(
         ("recognise", 1): ["fenced"],
         ("relate", 0): ["hang"],
         ("description", 0): ["garbage"],
+        ("fine_grained", 0): ["bad_qas"],
+        ("fine_grained", 1): ["garbage"],
         ("fine_grained", 2): [429],
     }
     out = tmp_path / "out"
@@ -314,10 +318,22 @@ def test_end_to_end_every_family_faults_and_rerun(
         stats = summary["vlm"]["stats"]
         assert stats["rate_limited"] == 2 and stats["server_errors"] == 1 and stats["timeouts"] == 1
         assert stats["retries"] == 4 and stats["answered"] == 15
-        assert stats["json_repaired"] == 1 and stats["json_rejected"] == 1
+        assert stats["json_repaired"] == 1 and stats["json_rejected"] == 2
         assert summary["pending_images"] == 0
         qa_report = next(s for s in summary["stages"] if s["stage"] == "qa")
-        assert qa_report["problems"] == {"qa.description": 1} and qa_report["errors"] == {}
+        assert (
+            qa_report["problems"] == {"qa.description": 1, "qa.fine_grained": 2} and qa_report["errors"] == {}
+        )
+        qa = {r["image_id"]: r for r in _records(out / "qa.jsonl")}
+        for r in qa.values():  # a partly unusable answer never yields a sample twice
+            assert len({json.dumps(x, sort_keys=True) for x in r["samples"]}) == len(r["samples"])
+        (lost,) = [r for r in qa.values() if "no JSON" in r.get("problems", {}).get("qa.fine_grained", "")]
+        # without expressions, only objects with a unique name are asked about in words; object images
+        # need no words and are all kept
+        lost_families = Counter(s["family"] for s in lost["samples"])
+        names = Counter(o["name"] for o in lost["objects"])
+        assert lost_families["image_to_box"] == len(lost["objects"]) and lost_families["relation_qa"] == 0
+        assert lost_families["text_to_box"] == sum(1 for n in names.values() if n == 1)
 
         # usage log: one line per answered request, cost from the configured prices
         usage = [json.loads(line) for line in (out / "usage.jsonl").read_text().splitlines()]

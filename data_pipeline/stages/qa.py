@@ -64,20 +64,17 @@ def run(ctx: RunContext) -> StageReport:
         samples: list[dict[str, Any]] = []
         errors: dict[str, str] = {}
         dropped = 0
+        if isinstance(fine, MalformedAnswer):
+            errors["fine_grained"] = str(fine)
+            fine = None  # the object families need no words from the model where names are unique
+        samples += families.object_families(
+            record, families.parse_expressions(fine, record), ctx.templates, ctx.seed
+        )
         try:
-            if isinstance(fine, MalformedAnswer):
-                raise fine
-            samples += families.object_families(
-                record, families.parse_expressions(fine, record), ctx.templates, ctx.seed
-            )
             qa_samples, dropped = families.relation_qa_family(fine, record)
             samples += qa_samples
         except MalformedAnswer as exc:
             errors["fine_grained"] = str(exc)
-            # the object families need no words from the model when names are unique
-            samples += families.object_families(
-                record, families.parse_expressions(None, record), ctx.templates, ctx.seed
-            )
         for kind, value, build in (
             ("conversation", conversation, lambda v: families.conversation_family(v, record)),
             (
