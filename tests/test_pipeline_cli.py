@@ -138,5 +138,7 @@ def test_tinygg_data_pipeline_reaches_this_handler() -> None:
     from data_pipeline.cli import handle_pipeline
     from tinygg.cli import build_parser
 
-    args = build_parser().parse_args(["data", "pipeline", "--images", "imgs", "--out", "synth", "--shard", "0/2"])
+    args = build_parser().parse_args(
+        ["data", "pipeline", "--images", "imgs", "--out", "synth", "--shard", "0/2"]
+    )
     assert args.func is handle_pipeline and args.shard == "0/2"
