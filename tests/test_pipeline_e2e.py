@@ -122,6 +122,8 @@ class ScriptedVLM:
         self.statuses: Counter[int | str] = Counter()
         self.block_after: int | None = None  # stop answering after this many 200s (kill test)
         self.granted = 0  # 200 answers decided so far
+        self.in_flight = 0
+        self.max_in_flight = 0  # most chat requests handled at the same time
         self.release = threading.Event()
         self.auth_failures = 0
         self.response_formats: Counter[str] = Counter()
@@ -171,6 +173,16 @@ class ScriptedVLM:
         self.httpd.server_close()
 
     def handle(self, handler: Any, body: dict[str, Any]) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self._handle(handler, body)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _handle(self, handler: Any, body: dict[str, Any]) -> None:
         user = body["messages"][-1]["content"]
         text = "".join(part["text"] for part in user if part["type"] == "text")
         url = next(part["image_url"]["url"] for part in user if part["type"] == "image_url")
@@ -314,6 +326,8 @@ def test_end_to_end_every_family_faults_and_rerun(
         assert sorted(vlm.answered.values()) == [1] * 15
         assert vlm.statuses[429] == 2 and vlm.statuses[500] == 1 and vlm.statuses["hang"] == 1
         assert vlm.auth_failures == 0
+        # bounded concurrency: never more than --concurrency requests at once (2 overlap during the hang)
+        assert 2 <= vlm.max_in_flight <= 3
 
         stats = summary["vlm"]["stats"]
         assert stats["rate_limited"] == 2 and stats["server_errors"] == 1 and stats["timeouts"] == 1
