@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -79,3 +80,34 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     assert "constant box" in report and "after DiG" in report
     assert (out / "curves.png").exists() and any((out / "rec" / "stage3" / "vis").iterdir())
+
+
+@pytest.mark.slow
+def test_from_scratch_miniature_runs_every_stage_resumes_and_ships(tmp_path: Path) -> None:
+    full = demo.from_scratch_plan(2.0)
+    plan = replace(full, corpora=[replace(c, n=6, test_fraction=0.4) for c in full.corpora],
+                   pair_sets={k: (d, 3, s) for k, (d, n, s) in full.pair_sets.items()},
+                   steps_scale=1 / 2000, eval_limit=4)
+    out = tmp_path / "run"
+    ship_root, registry = tmp_path / "shipped", tmp_path / "registry.yaml"
+    registry.write_text("version: 1\nmodels: []\n")
+    s = demo.from_scratch(out, plan, ship_to=(ship_root, registry), progress=False)
+    assert list(s["stages"]) == ["stage1", "stage2", "stage3", "dig"]
+    for name in ("stage1", "stage2", "stage3"):
+        assert (out / name / "final" / "model.safetensors").exists()
+        assert set(s["stages"][name]["rec"]) == set(plan.rec_tests)
+    assert s["dig"]["before"]["n"] == 3 == s["dig"]["after"]["n"]
+    sft = json.loads((out / "data" / "dig_sft.json").read_text())
+    assert len(sft) == 6  # single + dual pairs, 3 each
+    # shipped: half precision, registered with the report
+    from safetensors import safe_open
+
+    for name in demo.SHIPPED.values():
+        with safe_open(str(ship_root / name / "model.safetensors"), "pt") as f:
+            assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+        assert (ship_root / name / "demo_report.md").exists()
+        assert name in registry.read_text()
+    # a rerun skips every finished stage: no stage directory changes
+    before = {p: p.stat().st_mtime for p in out.glob("stage*/final/model.safetensors")}
+    demo.from_scratch(out, plan, progress=False)
+    assert {p: p.stat().st_mtime for p in out.glob("stage*/final/model.safetensors")} == before

@@ -316,9 +316,11 @@ def eval_dig(model_dir: Path, pairs_file: Path, out_dir: Path, vis: int = 0) -> 
 
 
 # ------------------------------------------------------------------------------------------------ from scratch
-def from_scratch(out: Path, hours: float, ship: bool = False, progress: bool = True) -> dict[str, Any]:
-    """The long run; resumable. Returns the summary written to ``out/metrics.json``."""
-    plan = from_scratch_plan(hours)
+def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """The long run; resumable. Returns the summary written to ``out/metrics.json``. ``ship_to`` =
+    (checkpoint folder, registry file) receives the half-precision results (see :func:`ship_checkpoints`)."""
+    hours = plan.steps_scale * NOMINAL_HOURS
     data = out / "data"
     t_start = time.time()
     for c in plan.corpora:
@@ -362,8 +364,8 @@ def from_scratch(out: Path, hours: float, ship: bool = False, progress: bool = T
                                      for s in plan.stages if (out / s.name / "wall_time.json").exists()}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(from_scratch_report(summary))
-    if ship:
-        ship_checkpoints(stage3, dig_final, out)
+    if ship_to:
+        ship_checkpoints(stage3, dig_final, out, *ship_to)
     return summary
 
 
@@ -388,16 +390,23 @@ def from_scratch_report(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path) -> None:
-    """Half-precision copies in ``model_zoo/checkpoints/`` registered in the shipped registry."""
+def shipped_location() -> tuple[Path, Path]:
+    """Where shipped checkpoints live: ``model_zoo/checkpoints/`` and the registry shipped with the package."""
+    from model_zoo.registry import PACKAGE_DIR, SHIPPED_REGISTRY
+
+    return PACKAGE_DIR / "checkpoints", SHIPPED_REGISTRY
+
+
+def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path, dest_root: Path, registry: Path) -> None:
+    """Half-precision copies of both results under ``dest_root``, registered in ``registry`` (inside the
+    model_zoo package they are recorded as ``package://`` paths)."""
     import torch
     from model_zoo.add_checkpoint import add
-    from model_zoo.registry import PACKAGE_DIR, SHIPPED_REGISTRY
     from tinygg.inference import load_model
 
     for stage, src in (("stage3", stage3), ("dig", dig_final)):
         name = SHIPPED[stage]
-        dest = PACKAGE_DIR / "checkpoints" / name
+        dest = dest_root / name
         model, processor = load_model(src, dtype=torch.float32, device="cpu")
         if dest.exists():
             shutil.rmtree(dest)
@@ -405,7 +414,7 @@ def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path) -> None:
         processor.save_pretrained(dest)
         shutil.copy(run_dir / "report.md", dest / "demo_report.md")
         rec_json = run_dir / "eval" / ("stage3" if stage == "stage3" else "dig") / "rec_synth_full" / "metrics.json"
-        add(name, from_dir=dest, preset="tiny", stage=stage, registry_path=SHIPPED_REGISTRY, overwrite=True,
+        add(name, from_dir=dest, preset="tiny", stage=stage, registry_path=registry, overwrite=True,
             parent=SHIPPED["stage3"] if stage == "dig" else None, license="apache-2.0",
             eval_json=[rec_json] if rec_json.exists() else [],
             description=f"The tiny preset trained from random init on synthetic CLEVR-style data by "
@@ -572,7 +581,7 @@ def _handler(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_scratch:
-        s = from_scratch(out, args.hours, ship=args.ship)
+        s = from_scratch(out, from_scratch_plan(args.hours), ship_to=shipped_location() if args.ship else None)
         print((out / "report.md").read_text())
         print(f"metrics -> {out / 'metrics.json'}")
         return 0 if s else 1
