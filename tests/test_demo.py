@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,8 +13,8 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from tinygg import demo  # noqa: E402
-from tinygg.boxes import box_iou, parse_boxes, square_to_pixel  # noqa: E402
+from tinygg import demo
+from tinygg.boxes import box_iou, parse_boxes, square_to_pixel
 
 
 def test_best_constant_box_finds_the_common_box() -> None:
@@ -104,7 +104,7 @@ def test_from_scratch_miniature_runs_every_stage_resumes_and_ships(tmp_path: Pat
 
     for name in demo.SHIPPED.values():
         with safe_open(str(ship_root / name / "model.safetensors"), "pt") as f:
-            assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+            assert {str(f.get_tensor(k).dtype) for k in f} == {"torch.float16"}
         assert (ship_root / name / "demo_report.md").exists()
         assert name in registry.read_text()
     # a rerun skips every finished stage: no stage directory changes

@@ -28,9 +28,10 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -401,6 +402,7 @@ def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path, dest_root: Pa
     """Half-precision copies of both results under ``dest_root``, registered in ``registry`` (inside the
     model_zoo package they are recorded as ``package://`` paths)."""
     import torch
+
     from model_zoo.add_checkpoint import add
     from tinygg.inference import load_model
 
@@ -549,8 +551,8 @@ def default_report(m: dict[str, Any], out: Path) -> str:
     lines += ["", "## Every stage, briefly, on fresh data", "", "| stage | steps | first | last |", "|---|---|---|---|"]
     for k, v in m["brief_training"].items():
         lines.append(f"| {k} | {v['steps']} | {v['first']} | {v['last']} |")
-    lines += ["", "![curves](curves.png)", "", "Boxes on test images: `rec/stage3/vis/`; DiG before/after: "
-              "`dig_eval/before/vis/`, `dig_eval/after/vis/`.", "", f"Wall time: {m['wall_time_s']:.0f} s.", ""]
+    lines += ["", "![curves](curves.png)", "", ("Boxes on test images: `rec/stage3/vis/`; DiG before/after: "
+              "`dig_eval/before/vis/`, `dig_eval/after/vis/`."), "", f"Wall time: {m['wall_time_s']:.0f} s.", ""]
     return "\n".join(lines)
 
 
