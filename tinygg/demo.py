@@ -27,11 +27,12 @@ import json
 import logging
 import random
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -247,6 +248,35 @@ def _threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+class WallClock:
+    """Seconds spent in a resumable step, summed over sessions: ``path`` (JSON ``{"seconds": ...}``) is
+    rewritten every ``every`` seconds, so a killed session loses at most that much of the count."""
+
+    def __init__(self, path: Path, every: float = 30.0) -> None:
+        self.path, self.every = path, every
+        self.before = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+        self._stop = threading.Event()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"seconds": self.before + time.time() - self.t0}))
+        tmp.replace(self.path)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def __enter__(self) -> Self:
+        self.t0 = time.time()
+        threading.Thread(target=self._loop, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._write()
+
+
 def run_sft_stage(stage: SftStage, init: str, data_dir: Path, out_dir: Path, steps_scale: float = 1.0,
                   overrides: Sequence[str] = ()) -> Path:
     """One supervised stage from its demo YAML; skipped when ``out_dir/final`` exists (resumes otherwise)."""
@@ -262,10 +292,8 @@ def run_sft_stage(stage: SftStage, init: str, data_dir: Path, out_dir: Path, ste
     cfg.data = [DataSource(path=str(data_dir / p), ratio=r) for p, r in stage.data]
     if steps_scale != 1.0 and cfg.max_steps > 0:
         cfg.max_steps = max(1, round(cfg.max_steps * steps_scale))
-    t0 = time.time()
-    final = run(cfg)
-    (out_dir / "wall_time.json").write_text(json.dumps({"seconds": time.time() - t0, "max_steps": cfg.max_steps}))
-    return final
+    with WallClock(out_dir / "wall_time.json"):
+        return run(cfg)
 
 
 def run_dig_stage(init: str, pairs: Path, out_dir: Path, config: str = "dig.yaml", steps_scale: float = 1.0,
@@ -276,7 +304,8 @@ def run_dig_stage(init: str, pairs: Path, out_dir: Path, config: str = "dig.yaml
                                                   *overrides])
     if steps_scale != 1.0 and cfg.max_steps > 0:
         cfg.max_steps = max(1, round(cfg.max_steps * steps_scale))
-    return run_stage(cfg, name="dig")
+    with WallClock(out_dir / "wall_time.json"):
+        return run_stage(cfg, name="dig")
 
 
 def eval_rec(model_dir: Path, specs: list[str], out_dir: Path, vis: int = 0) -> dict[str, Any]:
@@ -323,7 +352,7 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
     (checkpoint folder, registry file) receives the half-precision results (see :func:`ship_checkpoints`)."""
     hours = plan.steps_scale * NOMINAL_HOURS
     data = out / "data"
-    t_start = time.time()
+    total = WallClock(out / "wall_time_total.json").__enter__()  # data, training and evaluation, all sessions
     for c in plan.corpora:
         make_corpus(c, data, progress)
     specs = {t: split_rec_rows(data / t / "test_rec.jsonl", out / "eval" / "rec_data" / t, plan.eval_limit)
@@ -360,9 +389,11 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
     summary["stages"]["dig"] = {"checkpoint": str(dig_final),
                                 "rec": {t: rec_row_accuracies(m) for t, m in rec_after.items()}}
     summary["dig"] = {"before": before["overall"], "after": after["overall"]}
-    summary["wall_time_this_session_s"] = time.time() - t_start
-    summary["stage_wall_times_s"] = {s.name: json.loads((out / s.name / "wall_time.json").read_text())["seconds"]
-                                     for s in plan.stages if (out / s.name / "wall_time.json").exists()}
+    total.__exit__()
+    summary["wall_time_total_s"] = json.loads((out / "wall_time_total.json").read_text())["seconds"]
+    summary["stage_wall_times_s"] = {name: json.loads((out / name / "wall_time.json").read_text())["seconds"]
+                                     for name in [s.name for s in plan.stages] + ["dig"]
+                                     if (out / name / "wall_time.json").exists()}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(from_scratch_report(summary))
     if ship_to:
@@ -387,7 +418,9 @@ def from_scratch_report(s: dict[str, Any]) -> str:
         lines += ["", "| DiG (held-out mixed pairs) | F1 | mean IoU |", "|---|---|---|",
                   f"| stage 3 | {_num(b['f1'])} | {_num(b['mean_iou'])} |",
                   f"| after DiG | {_num(a['f1'])} | {_num(a['mean_iou'])} |"]
-    lines += ["", f"Stage wall times (s): {json.dumps(s.get('stage_wall_times_s', {}))}", ""]
+    times = ", ".join(f"{k} {v / 60:.0f} min" for k, v in s.get("stage_wall_times_s", {}).items())
+    lines += ["", (f"Wall time, all sessions: {s['wall_time_total_s'] / 3600:.2f} h in total (data, training and "
+                  f"evaluation); training per stage: {times}."), ""]
     return "\n".join(lines)
 
 
