@@ -1,8 +1,8 @@
 """Where the time of one tiny-model training step goes on a CPU: data (image decode + processor), collation,
-forward and backward. Prints milliseconds per step for each part and the ratio of the whole step to the
-model part measured in the same run.
+forward and backward, for each intra-op thread count asked for. Prints milliseconds per step for each part
+and the speed of every thread count as a ratio to the first one (the baseline), measured in the same run.
 
-    python bench/train_speed.py --data runs/demo/synth_single/train.json --batch 8 --steps 20 --threads 2
+    python bench/train_speed.py --data runs/demo/data/synth_single/train.json --batch 8 --steps 20 --threads 1,2
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="training JSON (images relative to its folder)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts; the first is the baseline")
     ap.add_argument("--freeze-vision", action="store_true", help="no gradients through the towers")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     model, processor = build_model("tiny")
     if args.freeze_vision:
         model.model.vision_tower.requires_grad_(False)
@@ -32,33 +31,36 @@ def main() -> None:
     items = mix([DataSource(path=args.data)], seed=0)
     ds = SupervisedDataset(items, processor, max_length=2048)
     collate = Collator(processor.tokenizer.pad_token_id)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     n_params = sum(p.numel() for p in model.parameters())
-    times = {"data": 0.0, "collate": 0.0, "forward": 0.0, "backward+step": 0.0}
-    model.train()
-    for step in range(args.steps + 2):
-        t0 = time.perf_counter()
-        feats = [ds[(step * args.batch + k) % len(ds)] for k in range(args.batch)]
-        t1 = time.perf_counter()
-        batch = collate(feats)
-        t2 = time.perf_counter()
-        out = model(**batch)
-        t3 = time.perf_counter()
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        t4 = time.perf_counter()
-        if step >= 2:  # warm-up steps excluded
-            for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-                times[k] += dt
-    total = sum(times.values())
-    model_ms = (times["forward"] + times["backward+step"]) / args.steps * 1e3
-    print(f"params {n_params / 1e6:.2f}M, batch {args.batch}, seq {tuple(batch['input_ids'].shape)}, "
-          f"threads {args.threads}")
-    for k, v in times.items():
-        print(f"  {k:14s} {v / args.steps * 1e3:8.1f} ms/step")
-    print(f"  whole step     {total / args.steps * 1e3:8.1f} ms/step = {total / args.steps * 1e3 / model_ms:.2f}x "
-          f"the model part; {args.steps / total:.2f} steps/s")
+    base = None
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        times = {"data": 0.0, "collate": 0.0, "forward": 0.0, "backward+step": 0.0}
+        model.train()
+        for step in range(args.steps + 2):
+            t0 = time.perf_counter()
+            feats = [ds[(step * args.batch + k) % len(ds)] for k in range(args.batch)]
+            t1 = time.perf_counter()
+            batch = collate(feats)
+            t2 = time.perf_counter()
+            out = model(**batch)
+            t3 = time.perf_counter()
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            t4 = time.perf_counter()
+            if step >= 2:  # warm-up steps excluded
+                for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                    times[k] += dt
+        per_step = sum(times.values()) / args.steps
+        base = base or per_step
+        print(f"params {n_params / 1e6:.2f}M, batch {args.batch}, seq {tuple(batch['input_ids'].shape)}, "
+              f"threads {threads}")
+        for k, v in times.items():
+            print(f"  {k:14s} {v / args.steps * 1e3:8.1f} ms/step")
+        print(f"  whole step     {per_step * 1e3:8.1f} ms/step, {1 / per_step:.2f} steps/s = "
+              f"{base / per_step:.2f}x the first thread count")
 
 
 if __name__ == "__main__":
