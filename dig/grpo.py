@@ -49,6 +49,7 @@ from transformers import TrainerCallback
 
 from dig.prompt import box_format_for, messages
 from dig.rewards import RewardConfig, make_reward_funcs
+from tinygg.train.arguments import common_training_kwargs, on_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -424,19 +425,16 @@ def grpo_args(cfg: GRPOStageConfig, reward_weights: list[float], suppress_tokens
     """The ``trl.GRPOConfig`` of a stage; ``suppress_tokens`` are never sampled (``model.generate`` rollouts)."""
     from trl import GRPOConfig
 
-    gpu = torch.cuda.is_available() and not cfg.use_cpu
-    if cfg.use_vllm and not gpu:
+    if cfg.use_vllm and not on_gpu(cfg):
         raise ValueError("use_vllm=true needs a GPU (and vLLM installed); set use_vllm=false on CPU")
-    bf16 = (gpu and torch.cuda.is_bf16_supported()) if cfg.bf16 == "auto" else bool(cfg.bf16)
     return GRPOConfig(
-        output_dir=cfg.output_dir,
+        **common_training_kwargs(cfg),
         per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
-        learning_rate=cfg.learning_rate,
         beta=cfg.beta,
         epsilon=cfg.epsilon,
         epsilon_high=cfg.epsilon_high,
@@ -444,27 +442,11 @@ def grpo_args(cfg: GRPOStageConfig, reward_weights: list[float], suppress_tokens
         scale_rewards=cfg.scale_rewards,
         num_iterations=cfg.num_iterations,
         reward_weights=reward_weights,
-        num_train_epochs=cfg.num_epochs,
-        max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup_ratio,
-        lr_scheduler_type=cfg.lr_scheduler,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        bf16=bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         use_vllm=cfg.use_vllm,
         vllm_mode=cfg.vllm_mode,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        deepspeed=cfg.deepspeed,
-        use_cpu=cfg.use_cpu or not torch.cuda.is_available(),
-        report_to=cfg.report_to or "none",
         log_completions=cfg.log_completions,
         generation_kwargs={"suppress_tokens": list(suppress_tokens)} if suppress_tokens and not cfg.use_vllm
         else None,
-        remove_unused_columns=False,
         disable_tqdm=rank() != 0,
     )
 

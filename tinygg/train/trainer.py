@@ -21,6 +21,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data.dataset import Collator, SupervisedDataset, length_grouped_batches, mix
+from .arguments import common_training_kwargs, on_gpu
 from .config import TrainConfig, save_config
 from .feature_cache import FeatureCache, tower_fingerprint
 from .freeze import apply_freeze, merge_for_export
@@ -103,10 +104,6 @@ def plot_curve(steps: list[float], values: list[float], path: Path, ylabel: str,
     return path
 
 
-def _on_gpu(cfg: TrainConfig) -> bool:
-    return torch.cuda.is_available() and not cfg.use_cpu
-
-
 def load_init(cfg: TrainConfig):
     """The model and processor a stage starts from."""
     if cfg.init.startswith("preset:"):
@@ -132,35 +129,17 @@ def run(cfg: TrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.data:
         raise ValueError("no training data: set `data:` in the YAML or pass data=FILE")
-    gpu = _on_gpu(cfg)
-    bf16 = (gpu and torch.cuda.is_bf16_supported()) if cfg.bf16 == "auto" else bool(cfg.bf16)
+    gpu = on_gpu(cfg)
     world = world_size()
     per_step = cfg.per_device_batch_size * world
     if cfg.batch_size % per_step:
         raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of per_device_batch_size x processes "
                          f"= {cfg.per_device_batch_size} x {world}")
     args = TrainingArguments(
-        output_dir=str(out),
+        **common_training_kwargs(cfg),
         per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.batch_size // per_step,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_epochs,
-        max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        lr_scheduler_type=cfg.lr_scheduler,
-        max_grad_norm=cfg.max_grad_norm,
-        bf16=bf16,
         tf32=cfg.tf32 if gpu else None,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        seed=cfg.seed,
-        deepspeed=cfg.deepspeed,
-        use_cpu=cfg.use_cpu or not torch.cuda.is_available(),
-        report_to=cfg.report_to or "none",
-        remove_unused_columns=False,
         dataloader_num_workers=cfg.dataloader_workers,
         disable_tqdm=False,
     )
