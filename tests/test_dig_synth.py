@@ -78,7 +78,7 @@ def test_expressions_are_unique_and_boxes_are_their_objects(corpus: Path) -> Non
             mask = masks[s["image"]]
             for box in s.get("objects", []):
                 assert 0 <= box[0] < box[2] <= W and 0 <= box[1] < box[3] <= H
-            m = re.match(r"<image>\nOutput the coordinate of (.*)\.$", human)
+            m = re.match(r"<image>\nOutput the coordinate of (.*[^.])$", human)
             if m:
                 (target,) = _referents(m.group(1), scene)  # exactly one object
                 relational += any(p in m.group(1) for p in _REL)
@@ -142,3 +142,16 @@ def test_synth_is_deterministic(tmp_path: Path) -> None:
         generate_synth(SynthConfig(out=tmp_path / name, n=6, size=(W, H)), progress=False)
     for f in ("train.json", "val.json", "test.json", "test_rec.jsonl", "images/synth_000003.png"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+def test_rec_training_prompt_is_the_evaluation_prompt(tmp_path):
+    """A model trained on the corpus is asked exactly what it learnt (a final full stop cost 35 points)."""
+    from tinygg.evaluate.rec import DEFAULT_PROMPT, make_prompt
+
+    out = tmp_path / "s"
+    generate_synth(SynthConfig(out=str(out), n=6, tasks=("text2box",), seed=3), progress=False)
+    rows = [json.loads(x) for x in (out / "test_rec.jsonl").read_text().splitlines()]
+    asked = {s["conversations"][0]["value"] for split in ("train", "val", "test")
+             for s in json.loads((out / f"{split}.json").read_text())}
+    for r in rows:
+        assert f"<image>\n{make_prompt(DEFAULT_PROMPT, r['expression'])}" in asked
