@@ -8,6 +8,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# The tiny models' matrices are too small for two OpenMP threads to help; on a busy 2-core machine they wait
+# for each other (docs/demo_recipe.md: one thread was 2-5x faster per step).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
