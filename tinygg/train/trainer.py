@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -202,6 +201,3 @@ def _has_flash_attn() -> bool:
         return False
     return True
 
-
-def steps_per_epoch(n_samples: int, batch_size: int) -> int:
-    return math.ceil(n_samples / batch_size)
