@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "scripts" / "configs" / "demo"
 SHIPPED = {"stage3": "tinygg-tiny-stage3", "dig": "tinygg-tiny-dig"}
-NOMINAL_HOURS = 2.0  # the YAMLs' max_steps add up to about this on 2 shared cores
+NOMINAL_HOURS = 2.0  # the YAMLs' 16000 SFT steps take about this at ~2.2 steps/s (3-3.7 alone, 1.4-2 shared)
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -601,7 +601,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a miniature run (tests; under 2 minutes)")
     p.add_argument("--from-scratch", action="store_true", help="train the tiny checkpoints from random init")
     p.add_argument("--hours", type=float, default=NOMINAL_HOURS, metavar="H",
-                   help="--from-scratch: budget in hours at ~1.5 steps/s; scales every stage's max_steps (the YAMLs' "
+                   help="--from-scratch: budget in hours at ~2.2 steps/s; scales every stage's max_steps (the YAMLs' "
                         "numbers are for 2 h)")
     p.add_argument("--ship", action="store_true",
                    help="--from-scratch: copy the results (fp16) into model_zoo/checkpoints and register them")
