@@ -97,11 +97,10 @@ class SupervisedDataset(torch.utils.data.Dataset):
     def kinds(self, i: int) -> list[str]:
         return placeholder_kinds(self.items[i][0].text())
 
-    def picture_array(self, i: int, j: int) -> np.ndarray:
-        """The preprocessed ``j``-th picture (pixel row) of sample ``i``: (3, S, S)."""
+    def picture_arrays(self, i: int) -> list[np.ndarray]:
+        """The preprocessed pictures (pixel rows, placeholder order) of sample ``i``: each (3, S, S)."""
         sample, images = self.pictures(i)
-        kinds = self.kinds(i)
-        return self.processor.pictures_for(kinds, images, sample.objects, where=sample.source)[j]
+        return self.processor.pictures_for(self.kinds(i), images, sample.objects, where=sample.source)
 
     def pictures(self, i: int) -> tuple[Sample, list]:
         sample, root = self.items[i]

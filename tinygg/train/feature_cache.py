@@ -89,12 +89,19 @@ class FeatureCache:
         # Split the full key list (identical on every rank) before looking at what is cached: a rank that
         # checked the disk while another was writing would otherwise split a different list.
         mine = [kv for kv in sorted(every.items())[rank::world] if not self.has(kv[0])]
+        mine.sort(key=lambda kv: kv[1])  # a sample's pictures side by side: its images are opened once
+        opened: tuple[int, list] = (-1, [])
         device = next(tower.parameters()).device
         dtype = next(tower.parameters()).dtype
         bar = tqdm(total=len(mine), desc="feature cache", unit="pic", disable=rank != 0 or not mine)
         for start in range(0, len(mine), batch_size):
             chunk = mine[start:start + batch_size]
-            pix = torch.stack([torch.from_numpy(dataset.picture_array(i, j)) for _, (i, j) in chunk])
+            rows = []
+            for _, (i, j) in chunk:
+                if opened[0] != i:
+                    opened = (i, dataset.picture_arrays(i))
+                rows.append(torch.from_numpy(opened[1][j]))
+            pix = torch.stack(rows)
             feats = tower(pix.to(device, dtype))  # (b, grid*grid, C)
             for (key, _), f in zip(chunk, feats):
                 self.store(key, f)
