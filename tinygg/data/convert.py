@@ -82,7 +82,7 @@ def convert_jsonl(path: str | Path, image_root: str | Path | None = None, box_fo
         except SampleError as e:
             if rejects is None:
                 raise
-            rejects.append({"file": e.file, "row": e.row, "field": e.field, "problem": e.problem, "record": rec})
+            rejects.append(e.reject(rec))
     return out
 
 
@@ -159,5 +159,5 @@ def convert_refer(refs_path: str | Path, instances_path: str | Path, splits: Ite
         except SampleError as e:
             if rejects is None:
                 raise
-            rejects.append({"file": e.file, "row": e.row, "field": e.field, "problem": e.problem})
+            rejects.append(e.reject())
     return out

@@ -29,6 +29,13 @@ class SampleError(ValueError):
         self.file, self.row, self.field, self.problem = str(file), row, field_name, problem
         super().__init__(f"{file}, row {row}, field '{field_name}': {problem}")
 
+    def reject(self, record: Any = None) -> dict[str, Any]:
+        """The rejects-file line of this error (with the offending record when there is one)."""
+        out = {"file": self.file, "row": self.row, "field": self.field, "problem": self.problem}
+        if record is not None:
+            out["record"] = record
+        return out
+
 
 @dataclass
 class Sample:
@@ -138,7 +145,7 @@ def read_samples(path: str | Path, skip_invalid: bool = False,
             if not skip_invalid:
                 raise
             if rejects is not None:
-                rejects.append({"file": e.file, "row": e.row, "field": e.field, "problem": e.problem, "record": raw})
+                rejects.append(e.reject(raw))
     return out
 
 
