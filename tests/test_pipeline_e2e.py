@@ -112,9 +112,17 @@ class ScriptedVLM:
     stage gets on its first attempts: an int status (429/500), "hang", "fenced" (a repairable answer)
     "garbage" (an unrecoverable one) or "bad_qas" (a fine-grained answer whose "qas" is unusable)."""
 
-    def __init__(self, faults: dict[tuple[str, int], list[Any]] | None = None, hang_s: float = 4.0):
+    def __init__(
+        self,
+        faults: dict[tuple[str, int], list[Any]] | None = None,
+        hang_s: float = 4.0,
+        client_timeout_s: float | None = None,
+    ):
         self.faults = faults or {}
         self.hang_s = hang_s
+        # a hung request stops counting as in flight shortly before the client's timeout: from then on
+        # the client has abandoned it (and may already reuse its slot) while this thread still sleeps
+        self.hang_counted_s = hang_s if client_timeout_s is None else max(0.0, client_timeout_s - 0.5)
         self.lock = threading.Lock()
         self.answered: Counter[str] = Counter()  # prompt hash -> 200 answers sent
         self.attempts: Counter[str] = Counter()  # prompt hash -> requests received
@@ -176,10 +184,16 @@ class ScriptedVLM:
         with self.lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        handler.counted = True
         try:
             self._handle(handler, body)
         finally:
-            with self.lock:
+            self._uncount(handler)
+
+    def _uncount(self, handler: Any) -> None:
+        with self.lock:
+            if handler.counted:
+                handler.counted = False
                 self.in_flight -= 1
 
     def _handle(self, handler: Any, body: dict[str, Any]) -> None:
@@ -216,7 +230,9 @@ class ScriptedVLM:
         if action == 500:
             return handler._send(500, {"error": {"message": "internal error", "type": "server_error"}})
         if action == "hang":
-            time.sleep(self.hang_s)
+            time.sleep(self.hang_counted_s)
+            self._uncount(handler)
+            time.sleep(self.hang_s - self.hang_counted_s)
             return handler._send(500, {"error": {"message": "too late"}})
         answer = _answer(stage, text, image)
         if action == "fenced":
@@ -315,7 +331,7 @@ def test_end_to_end_every_family_faults_and_rerun(
         ("fine_grained", 2): [429],
     }
     out = tmp_path / "out"
-    with ScriptedVLM(faults, hang_s=4.0) as vlm:  # the hang outlasts a 3 s timeout
+    with ScriptedVLM(faults, hang_s=4.0, client_timeout_s=3.0) as vlm:  # the hang outlasts a 3 s timeout
         assert (
             cli_main(_argv(photos, out, tiny_gdino, vlm.base_url, "--concurrency", "3", "--timeout", "3"))
             == 0
