@@ -77,15 +77,16 @@ reward ablation is :meth:`RewardConfig.ablation` (``format``, ``format+iou``, ``
 
 from __future__ import annotations
 
+import array
 import json
 import logging
 import math
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from itertools import chain, islice, permutations
+from itertools import chain, compress, islice, permutations, repeat
 from typing import Any
 
 import numpy as np
@@ -449,14 +450,12 @@ def score_batch(completions: Sequence[Any], gt_boxes: Sequence[Any], image_sizes
     rank = np.arange(len(pred_of)) - start[pred_of]  # position of each box within its sample
     keep = rank < cfg.max_boxes
     n_used = np.minimum(n_pred, cfg.max_boxes)
+    used_rows = pred_rows[keep] if len(keep) and not keep.all() else pred_rows  # (sum n_used, 4)
     preds = np.zeros((b, max(int(n_used.max(initial=0)), 1), 4))  # (B, N, 4)
-    preds[pred_of[keep], rank[keep]] = pred_rows[keep]
-    gt_of = np.repeat(np.arange(b), n_gt)
-    gts = np.zeros((b, max(int(n_gt.max(initial=0)), 1), 4))  # (B, M, 4)
-    gts[gt_of, np.arange(len(gt_of)) - (np.cumsum(n_gt) - n_gt)[gt_of]] = gt_rows
+    preds[pred_of[keep], rank[keep]] = used_rows
 
     n_pairs = np.minimum(n_used, n_gt)
-    pair_pred, pair_gt, pair_iou = _match(preds, gts, n_used, n_gt, cfg)  # (B, K) each, -1 / 0 past n_pairs
+    pair_pred, pair_gt, pair_iou = _match(used_rows, n_used, gt_rows, n_gt, cfg)  # (B, K) each, -1 / 0 past n_pairs
     valid = pair_pred >= 0
     n_hit = (valid & (pair_iou >= cfg.tau - IOU_TOLERANCE)).sum(1)
     iou_sum = pair_iou.sum(1)
@@ -480,6 +479,7 @@ def score_batch(completions: Sequence[Any], gt_boxes: Sequence[Any], image_sizes
 
 _ASCII_SPACE = b" \t\n\r\x0b\x0c"
 _SKELETON_DELETE = b"0123456789.+-eE" + _ASCII_SPACE  # what a box list keeps is its brackets and commas
+_BRACKETS_TO_SPACES = bytes.maketrans(b"[]", b"  ")
 
 
 def _list_skeleton(n: int) -> bytes:
@@ -493,15 +493,29 @@ _SKELETON_N = {_list_skeleton(n): n for n in range(257)}  # skeleton -> box coun
 def _sizes_array(image_sizes: Sequence[Any]) -> np.ndarray:
     """(B, 2) float array of (width, height); every entry validated by :func:`image_size_of`."""
     try:
-        arr = np.fromiter(chain.from_iterable(image_sizes), dtype=np.float64, count=2 * len(image_sizes))
         shaped = set(map(len, image_sizes)) <= {2} and not set(map(type, image_sizes)) & {str, bytes}
-        arr = arr.reshape(-1, 2) if shaped else None
+        arr = _float_array(chain.from_iterable(image_sizes), 2 * len(image_sizes)).reshape(-1, 2) if shaped else None
     except (TypeError, ValueError):
         arr = None
     if arr is None or arr.shape != (len(image_sizes), 2) or not (np.isfinite(arr).all() and (arr > 0).all()):
         arr = np.array([image_size_of(s, where=f"image_size[{i}]") for i, s in enumerate(image_sizes)],
                        dtype=np.float64).reshape(-1, 2)
     return np.floor(arr)
+
+
+def _float_array(numbers: Iterable[Any], count: int) -> np.ndarray:
+    """``count`` numbers as a float64 array (each read with ``float``'s rules, as ``np.fromiter`` reads it).
+
+    ``array.array`` converts plain ints and floats about twice as fast as ``np.fromiter``; anything it refuses
+    (a numeric string, None) is left to numpy, which raises or reads it as before.
+    """
+    items = list(numbers)
+    if len(items) != count:
+        raise ValueError(f"expected {count} numbers, got {len(items)}")
+    try:
+        return np.frombuffer(array.array("d", items), dtype=np.float64)
+    except TypeError:
+        return np.fromiter(items, dtype=np.float64, count=count)
 
 
 def _read_predictions(answers: Sequence[str], sizes: np.ndarray,
@@ -511,41 +525,36 @@ def _read_predictions(answers: Sequence[str], sizes: np.ndarray,
     Equal to :func:`format_reward` and :func:`tinygg.boxes.parse_boxes` on every answer (tests check it),
     in fewer steps: a fenced-or-bare list of bare boxes whose slots all read as numbers (what a trained
     model writes) is recognised by its skeleton (``bytes.translate`` over the whole batch at once, then a
-    dict look-up); all numbers of the batch are then
-    converted in one pass, and the format's count and range checks run on arrays. Other answers go
-    through :func:`format_reward` and have their boxes read by the regex of :mod:`tinygg.boxes`.
+    dict look-up) and by its numbers reading as such (:func:`_floats`, all numbers of the batch in one
+    pass); the format's count and range checks then run on arrays. Other answers go through
+    :func:`format_reward` and have their boxes read by one regex pass over all of them (:func:`_slow_boxes`).
     """
     b = len(answers)
     stripped = [a.strip() for a in answers]
     buffer = "\x00".join(stripped).encode("utf-8", "replace")  # NUL-separated: each step is one pass
-    if b"```" in buffer:
+    if b"`" in buffer and b"```" in buffer:
         stripped = [_strip_fence(t) if t[:3] == "```" else t for t in stripped]
         buffer = "\x00".join(stripped).encode("utf-8", "replace")
     if buffer.count(b"\x00") == b - 1:
-        lengths = list(map(_SKELETON_N.get, buffer.translate(None, _SKELETON_DELETE).split(b"\x00")))
-        tight = buffer.translate(None, _ASCII_SPACE).split(b"\x00")
+        skeletons = buffer.translate(None, _SKELETON_DELETE).split(b"\x00")
     else:  # an answer holds a NUL byte: cut them one by one
-        encoded = [t.encode("utf-8", "replace") for t in stripped]
-        lengths = [_SKELETON_N.get(t.translate(None, _SKELETON_DELETE)) for t in encoded]
-        tight = [t.translate(None, _ASCII_SPACE) for t in encoded]
-    # the skeleton ignores numbers written between boxes ("[5[1,2,3,4]]"): without spaces, a list of boxes
-    # is "[]" or starts with "[[", ends with "]]" and joins its boxes by n - 1 "],["
-    fast_idx = [i for i, n in enumerate(lengths) if n is not None and (
-        tight[i] == b"[]" if n == 0 else
-        tight[i][:2] == b"[[" and tight[i][-2:] == b"]]" and tight[i].count(b"],[") == n - 1)]
-    fast_set = set(fast_idx)
-    slow_idx = [i for i in range(b) if i not in fast_set]
-    fast_n = [lengths[i] for i in fast_idx]
-    vals, unreadable = _floats([stripped[i] for i, n in zip(fast_idx, fast_n) if n], [n for n in fast_n if n])
-    if unreadable:  # a slot that is not one number ("[[1..2,3,4,5]]"): those answers take the slow path
-        nonempty = [i for i, n in zip(fast_idx, fast_n) if n]
-        drop = {nonempty[j] for j in unreadable}
-        vals = vals[np.repeat([j not in unreadable for j in range(len(nonempty))], [4 * n for n in fast_n if n])]
-        fast_n = [n for i, n in zip(fast_idx, fast_n) if i not in drop]
-        fast_idx = [i for i in fast_idx if i not in drop]
-        slow_idx = sorted(slow_idx + list(drop))
+        skeletons = [t.encode("utf-8", "replace").translate(None, _SKELETON_DELETE) for t in stripped]
+    n_boxes = np.fromiter(map(_SKELETON_N.get, skeletons, repeat(-1)), dtype=np.int64, count=b)  # -1: no list
+    # "[]" must hold nothing but whitespace ("[5]" has the skeleton of an empty list); in a longer list, a
+    # number outside the boxes ("[5[1,2,3,4]]", "[[1,2,3,4]]5") makes the slot next to it unreadable
+    for i in np.flatnonzero(n_boxes == 0).tolist():
+        if stripped[i] != "[]" and stripped[i].encode("ascii", "replace").translate(None, _ASCII_SPACE) != b"[]":
+            n_boxes[i] = -1
+    listed = np.flatnonzero(n_boxes > 0)  # (L,) answers whose numbers are read in one pass
+    vals, unreadable = _floats(list(compress(stripped, (n_boxes > 0).tolist())), n_boxes[listed])
+    fast = n_boxes >= 0  # (B,)
+    if len(unreadable):  # a slot that is not one number ("[[1..2,3,4,5]]"): those answers take the slow path
+        fast[listed[unreadable]] = False
+        vals = vals.reshape(-1, 4)[np.repeat(~np.isin(np.arange(len(listed)), unreadable), n_boxes[listed])]
+    fast_idx = np.flatnonzero(fast)
+    fast_n = n_boxes[fast_idx]
     fast_rows = vals.reshape(-1, 4)  # (T_fast, 4) prediction frame
-    fast_of = np.repeat(np.asarray(fast_idx, dtype=np.int64), np.asarray(fast_n, dtype=np.int64))
+    fast_of = np.repeat(fast_idx, fast_n)
 
     scale = np.ones((b, 4))  # (B, 4): what each sample's coordinates are divided by
     if cfg.box_format == "qwen1000":
@@ -553,27 +562,19 @@ def _read_predictions(answers: Sequence[str], sizes: np.ndarray,
     elif cfg.box_format == "pixel":
         scale = sizes[:, [0, 1, 0, 1]]
     fmt = np.zeros(b)
-    if fast_idx:
+    if len(fast_idx):
         finite = np.isfinite(fast_rows).all(1)
         inside = finite & (fast_rows >= 0).all(1) & (fast_rows <= scale[fast_of]).all(1)
         bad = np.bincount(fast_of[~inside], minlength=b)[fast_idx]
-        fmt[fast_idx] = ((bad == 0) & (np.asarray(fast_n) <= cfg.max_boxes)).astype(float)
+        fmt[fast_idx] = ((bad == 0) & (fast_n <= cfg.max_boxes)).astype(float)
         fast_rows, fast_of = fast_rows[finite], fast_of[finite]  # parse_boxes drops non-finite boxes
 
-    slow_numbers: list[str] = []
-    slow_n = []
+    slow_idx = np.flatnonzero(~fast).tolist()
     for i in slow_idx:
-        a = answers[i]
-        if "[" in a:
-            found = BOX_PATTERN.findall(a)
-            slow_numbers.extend(chain.from_iterable(found))
-            slow_n.append(len(found))
-            if stripped[i][:1] == "[" and stripped[i][-1:] == "]":  # else format_reward says 0 at once
-                fmt[i] = format_reward(a, cfg, float(sizes[i, 0]), float(sizes[i, 1]))
-        else:
-            slow_n.append(0)
-    slow_rows = np.fromiter(map(float, slow_numbers), dtype=np.float64, count=len(slow_numbers)).reshape(-1, 4)
-    slow_of = np.repeat(np.asarray(slow_idx, dtype=np.int64), np.asarray(slow_n, dtype=np.int64))
+        if stripped[i][:1] == "[" and stripped[i][-1:] == "]":  # else format_reward says 0 at once
+            fmt[i] = format_reward(answers[i], cfg, float(sizes[i, 0]), float(sizes[i, 1]))
+    slow_rows, slow_n = _slow_boxes([answers[i] for i in slow_idx])
+    slow_of = np.repeat(np.asarray(slow_idx, dtype=np.int64), slow_n)
     finite = np.isfinite(slow_rows).all(1)
     slow_rows, slow_of = slow_rows[finite], slow_of[finite]
 
@@ -584,51 +585,124 @@ def _read_predictions(answers: Sequence[str], sizes: np.ndarray,
     return fmt, canonical(rows / scale[of]).reshape(-1, 4), of
 
 
-def _floats(lists: list[str], counts: list[int]) -> tuple[np.ndarray, set[int]]:
-    """All numbers of well-bracketed box lists (``counts[j]`` boxes in ``lists[j]``), each slot read as
-    ``float`` reads it: (4 * sum(counts),) values, and the indices of the lists with a slot that is not one
-    number (their values are NaN).
+_BOX_OR_NUL = re.compile(rf"{BOX_PATTERN.pattern}|\x00")  # a box, or the end of one answer (no groups)
 
-    numpy's C parser reads the joined slots in one call; it stops at the first slot that is not a whole
-    number (what it cannot read of a slot must be a separator), which shows as a short count, and only then
-    are the slots read one by one with ``float``, restarting after each bad list.
+
+def _slow_boxes(answers: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``[a,b,c,d]`` of each answer, read as :func:`tinygg.boxes.parse_boxes` reads them (non-finite
+    boxes included): (T, 4) values and (len(answers),) counts, from one regex pass over all answers.
+    """
+    text = "\x00".join(answers)
+    if text.count("\x00") != max(len(answers) - 1, 0):  # an answer holds a NUL: one pass each
+        found = [BOX_PATTERN.findall(a) for a in answers]
+        counts = np.fromiter(map(len, found), dtype=np.int64, count=len(answers))
+        numbers = list(chain.from_iterable(chain.from_iterable(found)))
+    else:
+        found = _BOX_OR_NUL.findall(text) if "[" in text else []  # 4-tuples; an answer's end reads ("",) * 4
+        ends = np.flatnonzero(np.fromiter((not t[0] for t in found), dtype=bool, count=len(found)))
+        counts = np.diff(ends, prepend=-1, append=len(found)) - 1 if len(found) else np.zeros(len(answers), np.int64)
+        numbers = [x for t in found if t[0] for x in t]
+    values = np.fromiter(map(float, numbers), dtype=np.float64, count=len(numbers)).reshape(-1, 4)
+    return values, counts
+
+
+_POWERS_OF_TEN = np.array([float(10 ** k) for k in range(23)])  # exact in float64
+
+
+def _plain_decimals(text: bytes, total: int) -> np.ndarray | None:
+    """The ``total`` comma-separated numbers of ``text`` as ``float`` reads them, if every one is a plain
+    decimal (``[-+]?`` digits with at most one ``.``, at most 17 characters, ASCII whitespace around); else
+    None.
+
+    Each number is read as an integer without its point (numpy's integer parser is several times faster
+    than its float parser) and divided by 10 ** (digits after the point): both are exact in float64 (at
+    most 2 ** 53 and 10 ** 22), so the division's correct rounding is ``float``'s correctly rounded
+    result. Anything else (an exponent, a second point, a space inside a number) reads short or is
+    caught below, and the caller falls back to the float parser.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "could not be read to its end": a short count
+        try:
+            mantissa = np.fromstring(text.translate(None, b".") + b",0", dtype=np.int64, sep=",")
+        except ValueError:
+            return None
+    if len(mantissa) != total + 1:
+        return None
+    mantissa = mantissa[:total]
+    tight = np.frombuffer(text.translate(None, _ASCII_SPACE) + b",", dtype=np.uint8)  # every slot ends with ","
+    events = np.flatnonzero((tight == 46) | (tight == 44))  # every "." and "," in order
+    is_point = tight[events] == 46
+    commas = events[~is_point]  # (total,) end of each slot
+    if len(commas) != total or (is_point[1:] & is_point[:-1]).any():  # two points in one slot
+        return None
+    if (np.diff(commas, prepend=-1) > 18).any() or (np.abs(mantissa) > 2 ** 53).any():
+        return None  # more digits than float64 holds exactly (or than int64 holds)
+    point = np.flatnonzero(is_point)
+    slot = np.cumsum(~is_point)[point]  # (number of points,) the slot of each point
+    decimals = np.zeros(total, dtype=np.int64)
+    decimals[slot] = events[point + 1] - events[point] - 1  # digits between the point and the comma
+    values = np.abs(mantissa) / _POWERS_OF_TEN[decimals]
+    minus = np.searchsorted(commas, np.flatnonzero(tight == 45))  # slots written with "-" ("-0" is -0.0)
+    values[minus] = -values[minus]
+    return values
+
+
+def _floats(lists: list[str], counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All numbers of box lists whose skeleton is right (``counts[j]`` boxes, so ``4 * counts[j]`` slots,
+    in ``lists[j]``), each slot read as ``float`` reads it: (4 * sum(counts),) values, and the indices of
+    the lists with a slot that is not one number (their values are NaN).
+
+    Brackets read as spaces, so a number written outside the boxes ("[5[1,2,3,4]]") joins a slot and makes
+    it unreadable. numpy's C parser reads the joined slots in one call; it stops at the first slot that is
+    not a whole number (what it cannot read of a slot must be a separator), which shows as a short count;
+    only then are the slots from that list on read one by one with ``float``, restarting after each bad list.
     """
     ends = np.cumsum(np.asarray(counts, dtype=np.int64) * 4)  # (L,) end of each list's numbers
     total = int(ends[-1]) if len(ends) else 0
     if not total:
-        return np.zeros(0), set()
-    text = ",".join(lists).replace("[", "").replace("]", "")
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    text = ",".join(lists).encode("ascii").translate(_BRACKETS_TO_SPACES)  # skeletons are ASCII
+    values = _plain_decimals(text, total)
+    if values is not None:
+        return values, np.zeros(0, dtype=np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "could not be read to its end": a short count
         try:  # the sentinel ",0" makes a bad last slot ("0.50.5": read as 0.50) stop short of the end too
-            values = np.fromstring(text + ",0", dtype=np.float64, sep=",")
+            values = np.fromstring(text + b",0", dtype=np.float64, sep=",")
         except ValueError:
             values = np.zeros(0)
     if len(values) == total + 1:
-        return values[:total], set()
-    tokens = text.split(",")
+        return values[:total], np.zeros(0, dtype=np.int64)
+    # every list before the one of the last value read was read whole, by the same rules as float's
+    first = int(np.searchsorted(ends, max(len(values) - 1, 0), side="right"))
+    done = int(ends[first - 1]) if first else 0
+    tokens = text.decode("ascii").split(",")
     if len(tokens) != total:  # pragma: no cover - the skeleton check guarantees 4 slots per box
         raise AssertionError(f"expected {total} numbers in the box lists, found {len(tokens)}")
-    out: list[float] = []
-    bad: set[int] = set()
+    out: list[float] = values[:done].tolist()
+    bad: list[int] = []
     while len(out) < total:
         try:
             out.extend(map(float, islice(tokens, len(out), None)))
         except ValueError:  # ``out`` holds everything read before the bad slot
             j = int(np.searchsorted(ends, len(out), side="right"))
-            bad.add(j)
+            bad.append(j)
             out.extend([math.nan] * (int(ends[j]) - len(out)))
-    return np.asarray(out, dtype=np.float64), bad
+    return np.asarray(out, dtype=np.float64), np.asarray(bad, dtype=np.int64)
 
 
 def _read_gt(gt_boxes: Sequence[Any], sizes: np.ndarray, cfg: RewardConfig) -> tuple[np.ndarray, np.ndarray]:
     """GT pixel boxes of every sample -> (G, 4) rows in the unit frame (canonical) and counts (B,)."""
-    lists = [() if g is None else g for g in gt_boxes]
-    n_gt = np.array([len(g) for g in lists], dtype=np.int64)
+    try:
+        lists = gt_boxes
+        n_gt = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    except TypeError:  # None for a sample without GT boxes
+        lists = [() if g is None else g for g in gt_boxes]
+        n_gt = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     try:
         boxes = list(chain.from_iterable(lists))
         good = set(map(len, boxes)) <= {4} and not set(map(type, boxes)) & {str, bytes}
-        rows = np.fromiter(chain.from_iterable(boxes), dtype=np.float64, count=4 * len(boxes)).reshape(-1, 4)
+        rows = _float_array(chain.from_iterable(boxes), 4 * len(boxes)).reshape(-1, 4) if good else None
         good = good and bool(np.isfinite(rows).all())
     except (TypeError, ValueError):
         good = False
@@ -660,6 +734,7 @@ def _read_gt(gt_boxes: Sequence[Any], sizes: np.ndarray, cfg: RewardConfig) -> t
 # ---------------------------------------------------------------------------------------------- matching
 
 
+_CHUNK = 8192  # candidate pairs whose cost is computed at once (its temporaries stay in cache)
 MAX_EXHAUSTIVE = 120  # most one-to-one maps searched exhaustively (e.g. 3 into 6); scipy per sample beyond
 
 
@@ -671,18 +746,20 @@ def _injections(r: int, c: int) -> np.ndarray | None:
     return np.array(list(permutations(range(c), r)), dtype=np.int64).reshape(-1, r)
 
 
-def _match(preds: np.ndarray, gts: np.ndarray, n_used: np.ndarray, n_gt: np.ndarray,
+def _match(preds: np.ndarray, n_used: np.ndarray, gts: np.ndarray, n_gt: np.ndarray,
            cfg: RewardConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Minimum-cost one-to-one matching of every sample: preds (B, N, 4), gts (B, M, 4) in the unit frame
-    -> prediction index, GT index and IoU of each pair, (B, K) each (-1, -1, 0 past a sample's pairs).
+    """Minimum-cost one-to-one matching of every sample: preds (sum n_used, 4) and gts (sum n_gt, 4) in the
+    unit frame, sample by sample -> prediction index, GT index and IoU of each pair, (B, K) each (-1, -1, 0
+    past a sample's pairs).
 
-    L1 and GIoU are computed once for every (prediction, GT) pair of the batch, without padding; IoU only
-    for the matched pairs.
+    L1 and GIoU are computed once for every (prediction, GT) pair of the batch, without padding, in
+    cache-sized pieces of coordinates gathered column by column (the box functions then read contiguous
+    memory, and the temporaries are reused rather than paged in); IoU only for the matched pairs.
     Samples are then grouped by problem shape (n, m); a group's problems are solved together by evaluating
     every one-to-one map (a handful when boxes are few), or one by one with scipy's Hungarian solver when
     there are more than ``MAX_EXHAUSTIVE`` maps. Both find the optimum.
     """
-    b = len(preds)
+    b = len(n_used)
     k = np.minimum(n_used, n_gt)
     width = max(int(k.max(initial=0)), 1)
     pair_pred = np.full((b, width), -1, dtype=np.int64)
@@ -692,20 +769,27 @@ def _match(preds: np.ndarray, gts: np.ndarray, n_used: np.ndarray, n_gt: np.ndar
     if not len(active):
         return pair_pred, pair_gt, pair_iou
 
-    per = n_used * n_gt  # (B,) candidate pairs of each sample
-    sample = np.repeat(np.arange(b), per)  # (P,)
-    offset = np.arange(len(sample)) - (np.cumsum(per) - per)[sample]
-    row, col = offset // n_gt[sample], offset % n_gt[sample]  # prediction and GT index of each candidate
-    p, g = preds[sample, row][:, None], gts[sample, col][:, None]  # (P, 1, 4) each
-    cost_all = np.zeros(preds.shape[:2] + gts.shape[1:2])  # (B, N, M)
-    cost_all[sample, row, col] = (cfg.lambda_l1 * np.abs(p - g).sum(-1)[:, 0]
-                                  - cfg.lambda_giou * generalized_box_iou(p, g)[:, 0, 0])
+    pred_start, gt_start = np.cumsum(n_used) - n_used, np.cumsum(n_gt) - n_gt  # (B,) first row of each sample
+    per = n_used[active] * n_gt[active]  # (A,) candidate pairs of each active sample, row-major (pred, GT)
+    cand_start = np.cumsum(per) - per
+    sample = np.repeat(active, per)  # (P,)
+    row, col = np.divmod(np.arange(len(sample)) - np.repeat(cand_start, per), n_gt[sample])  # (P,) each
+    pred_of, gt_of = pred_start[sample] + row, gt_start[sample] + col  # (P,) rows of each candidate
+    pred_cols, gt_cols = preds.T.copy(), gts.T.copy()  # (4, T), (4, G)
+    cost_flat = np.empty(len(sample))  # (P,)
+    for lo in range(0, len(sample), _CHUNK):
+        p = np.take(pred_cols, pred_of[lo:lo + _CHUNK], axis=1)  # (4, chunk), each coordinate contiguous
+        g = np.take(gt_cols, gt_of[lo:lo + _CHUNK], axis=1)
+        cost_flat[lo:lo + _CHUNK] = (cfg.lambda_l1 * np.abs(p - g).sum(0)
+                                     - cfg.lambda_giou * generalized_box_iou(p.T[:, None], g.T[:, None])[:, 0, 0])
 
-    shapes = n_used[active] * (gts.shape[1] + 1) + n_gt[active]
+    n_a, m_a = n_used[active], n_gt[active]
+    shapes = n_a * (int(m_a.max()) + 1) + m_a
     for key in np.unique(shapes):
-        idx = active[shapes == key]
-        n, m = int(n_used[idx[0]]), int(n_gt[idx[0]])
-        cost = cost_all[idx, :n, :m]  # (G, n, m)
+        sel = np.flatnonzero(shapes == key)
+        idx = active[sel]
+        n, m = int(n_a[sel[0]]), int(m_a[sel[0]])
+        cost = cost_flat[cand_start[sel][:, None] + np.arange(n * m)].reshape(-1, n, m)  # (G, n, m)
         flip = n > m
         if flip:
             cost = cost.transpose(0, 2, 1)  # rows are now the smaller side
@@ -725,10 +809,9 @@ def _match(preds: np.ndarray, gts: np.ndarray, n_used: np.ndarray, n_gt: np.ndar
             order = np.argsort(pred, axis=1)
             pred, gt = np.take_along_axis(pred, order, 1), np.take_along_axis(gt, order, 1)
         pair_pred[idx, :r], pair_gt[idx, :r] = pred, gt
-    valid = pair_pred >= 0
-    rows = np.arange(b)[:, None]
-    pair_iou = np.where(valid, box_iou_aligned(preds[rows, np.maximum(pair_pred, 0)],
-                                               gts[rows, np.maximum(pair_gt, 0)]), 0.0)  # (B, K)
+    at, slot = np.nonzero(pair_pred >= 0)  # (K_total,) each matched pair
+    pair_iou[at, slot] = box_iou_aligned(np.take(pred_cols, pred_start[at] + pair_pred[at, slot], axis=1).T,
+                                         np.take(gt_cols, gt_start[at] + pair_gt[at, slot], axis=1).T)
     return pair_pred, pair_gt, pair_iou
 
 
