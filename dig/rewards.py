@@ -506,12 +506,17 @@ def _sizes_array(image_sizes: Sequence[Any]) -> np.ndarray:
 def _float_array(numbers: Iterable[Any], count: int) -> np.ndarray:
     """``count`` numbers as a float64 array (each read with ``float``'s rules, as ``np.fromiter`` reads it).
 
-    ``array.array`` converts plain ints and floats about twice as fast as ``np.fromiter``; anything it refuses
-    (a numeric string, None) is left to numpy, which raises or reads it as before.
+    ``array.array`` converts plain ints (pixel boxes of DiG pair records) and floats about twice as fast as
+    ``np.fromiter``; anything it refuses (a numeric string, None) is left to numpy, which raises or reads
+    it as before.
     """
     items = list(numbers)
     if len(items) != count:
         raise ValueError(f"expected {count} numbers, got {len(items)}")
+    try:  # int64 -> float64 rounds as float(int) does
+        return np.frombuffer(array.array("q", items), dtype=np.int64).astype(np.float64)
+    except (TypeError, OverflowError):  # a float (or an int beyond 64 bits)
+        pass
     try:
         return np.frombuffer(array.array("d", items), dtype=np.float64)
     except TypeError:
@@ -556,18 +561,16 @@ def _read_predictions(answers: Sequence[str], sizes: np.ndarray,
     fast_rows = vals.reshape(-1, 4)  # (T_fast, 4) prediction frame
     fast_of = np.repeat(fast_idx, fast_n)
 
-    scale = np.ones((b, 4))  # (B, 4): what each sample's coordinates are divided by
-    if cfg.box_format == "qwen1000":
-        scale[:] = QWEN_GRID
-    elif cfg.box_format == "pixel":
-        scale = sizes[:, [0, 1, 0, 1]]
+    per_image = cfg.box_format == "pixel"
+    scale = sizes[:, [0, 1, 0, 1]] if per_image else pred_scale(cfg.box_format, 1, 1)  # (B, 4) or (4,): divisor
     fmt = np.zeros(b)
     if len(fast_idx):
         finite = np.isfinite(fast_rows).all(1)
-        inside = finite & (fast_rows >= 0).all(1) & (fast_rows <= scale[fast_of]).all(1)
+        inside = finite & (fast_rows >= 0).all(1) & (fast_rows <= (scale[fast_of] if per_image else scale)).all(1)
         bad = np.bincount(fast_of[~inside], minlength=b)[fast_idx]
         fmt[fast_idx] = ((bad == 0) & (fast_n <= cfg.max_boxes)).astype(float)
-        fast_rows, fast_of = fast_rows[finite], fast_of[finite]  # parse_boxes drops non-finite boxes
+        if not finite.all():
+            fast_rows, fast_of = fast_rows[finite], fast_of[finite]  # parse_boxes drops non-finite boxes
 
     slow_idx = np.flatnonzero(~fast).tolist()
     for i in slow_idx:
@@ -578,32 +581,49 @@ def _read_predictions(answers: Sequence[str], sizes: np.ndarray,
     finite = np.isfinite(slow_rows).all(1)
     slow_rows, slow_of = slow_rows[finite], slow_of[finite]
 
-    rows = np.concatenate([fast_rows, slow_rows])
-    of = np.concatenate([fast_of, slow_of])
-    order = np.argsort(of, kind="stable")  # sample by sample, boxes in text order
-    rows, of = rows[order], of[order]
-    return fmt, canonical(rows / scale[of]).reshape(-1, 4), of
+    if len(slow_of):
+        rows = np.concatenate([fast_rows, slow_rows])
+        of = np.concatenate([fast_of, slow_of])
+        order = np.argsort(of, kind="stable")  # sample by sample, boxes in text order (two sorted runs)
+        rows, of = rows[order], of[order]
+    else:
+        rows, of = fast_rows, fast_of
+    if per_image:
+        rows = rows / scale[of]
+    elif cfg.box_format != "norm":
+        rows = rows / scale
+    return fmt, canonical(rows).reshape(-1, 4), of
 
 
-_BOX_OR_NUL = re.compile(rf"{BOX_PATTERN.pattern}|\x00")  # a box, or the end of one answer (no groups)
+_BOX_ALONE = re.compile(_BOX)  # a box, as one string
+_BOX_OR_NUL = re.compile(rf"{_BOX}|\x00")  # a box, or the end of one answer
 
 
 def _slow_boxes(answers: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Every ``[a,b,c,d]`` of each answer, read as :func:`tinygg.boxes.parse_boxes` reads them (non-finite
-    boxes included): (T, 4) values and (len(answers),) counts, from one regex pass over all answers.
+    boxes included): (T, 4) values and (len(answers),) counts.
+
+    One regex pass over all answers finds the boxes as strings (no per-match tuples for the garbage
+    collector to track); their numbers are then read together by :func:`_floats`.
     """
     text = "\x00".join(answers)
-    if text.count("\x00") != max(len(answers) - 1, 0):  # an answer holds a NUL: one pass each
-        found = [BOX_PATTERN.findall(a) for a in answers]
+    if "[" not in text:
+        return np.zeros((0, 4)), np.zeros(len(answers), dtype=np.int64)
+    if text.count("\x00") != len(answers) - 1:  # an answer holds a NUL: one pass each
+        found = [_BOX_ALONE.findall(a) for a in answers]
         counts = np.fromiter(map(len, found), dtype=np.int64, count=len(answers))
-        numbers = list(chain.from_iterable(chain.from_iterable(found)))
+        boxes = list(chain.from_iterable(found))
     else:
-        found = _BOX_OR_NUL.findall(text) if "[" in text else []  # 4-tuples; an answer's end reads ("",) * 4
-        ends = np.flatnonzero(np.fromiter((not t[0] for t in found), dtype=bool, count=len(found)))
-        counts = np.diff(ends, prepend=-1, append=len(found)) - 1 if len(found) else np.zeros(len(answers), np.int64)
-        numbers = [x for t in found if t[0] for x in t]
-    values = np.fromiter(map(float, numbers), dtype=np.float64, count=len(numbers)).reshape(-1, 4)
-    return values, counts
+        found = _BOX_OR_NUL.findall(text)  # "[a,b,c,d]" strings, and "\x00" at the end of each answer
+        is_box = np.fromiter(map(len, found), dtype=np.int64, count=len(found)) > 1
+        counts = np.diff(np.flatnonzero(~is_box), prepend=-1, append=len(found)) - 1  # (len(answers),)
+        boxes = list(compress(found, is_box.tolist()))
+    if ",".join(boxes).isascii():  # \d and \s also match other scripts' digits and spaces: float reads those
+        values, bad = _floats(boxes, np.ones(len(boxes), dtype=np.int64))
+        if not len(bad):  # pragma: no branch - every slot of a box is a number
+            return values.reshape(-1, 4), counts
+    numbers = [float(v) for box in boxes for v in BOX_PATTERN.fullmatch(box).groups()]
+    return np.array(numbers, dtype=np.float64).reshape(-1, 4), counts
 
 
 _POWERS_OF_TEN = np.array([float(10 ** k) for k in range(23)])  # exact in float64
@@ -647,17 +667,36 @@ def _plain_decimals(text: bytes, total: int) -> np.ndarray | None:
     return values
 
 
+_LISTS_AT_ONCE = 2048  # box lists read in one piece (a few hundred kB of text: the buffers stay in cache)
+
+
 def _floats(lists: list[str], counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """All numbers of box lists whose skeleton is right (``counts[j]`` boxes, so ``4 * counts[j]`` slots,
     in ``lists[j]``), each slot read as ``float`` reads it: (4 * sum(counts),) values, and the indices of
-    the lists with a slot that is not one number (their values are NaN).
+    the lists with a slot that is not one number (their values are NaN). Read ``_LISTS_AT_ONCE`` lists
+    at a time by :func:`_floats_joined`.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if len(lists) <= _LISTS_AT_ONCE:
+        return _floats_joined(lists, counts)
+    values, bad = [], []
+    for lo in range(0, len(lists), _LISTS_AT_ONCE):
+        part_values, part_bad = _floats_joined(lists[lo:lo + _LISTS_AT_ONCE], counts[lo:lo + _LISTS_AT_ONCE])
+        values.append(part_values)
+        bad.append(part_bad + lo)
+    return np.concatenate(values), np.concatenate(bad)
+
+
+def _floats_joined(lists: list[str], counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_floats` on lists joined into one text.
 
     Brackets read as spaces, so a number written outside the boxes ("[5[1,2,3,4]]") joins a slot and makes
-    it unreadable. numpy's C parser reads the joined slots in one call; it stops at the first slot that is
-    not a whole number (what it cannot read of a slot must be a separator), which shows as a short count;
-    only then are the slots from that list on read one by one with ``float``, restarting after each bad list.
+    it unreadable. Plain decimals are read at once by :func:`_plain_decimals`; otherwise numpy's C float
+    parser reads the joined slots in one call; it stops at the first slot that is not a whole number (what
+    it cannot read of a slot must be a separator), which shows as a short count; only then are the slots
+    from that list on read one by one with ``float``, restarting after each bad list.
     """
-    ends = np.cumsum(np.asarray(counts, dtype=np.int64) * 4)  # (L,) end of each list's numbers
+    ends = np.cumsum(counts * 4)  # (L,) end of each list's numbers
     total = int(ends[-1]) if len(ends) else 0
     if not total:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
