@@ -480,6 +480,46 @@ def score_batch(completions: Sequence[Any], gt_boxes: Sequence[Any], image_sizes
 _ASCII_SPACE = b" \t\n\r\x0b\x0c"
 _SKELETON_DELETE = b"0123456789.+-eE" + _ASCII_SPACE  # what a box list keeps is its brackets and commas
 _BRACKETS_TO_SPACES = bytes.maketrans(b"[]", b"  ")
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_NOT_DIGITS = b".+-eE" + _ASCII_SPACE  # what translate deletes to leave a box list's digit runs and separators
+
+
+def _bigrams(classes: dict[bytes, int], bad: list[bytes]) -> tuple[bytes, int, bytes]:
+    """Tables for :func:`_has_bigram`: byte -> class (for ``bytes.translate``), the number of classes, and
+    pair code -> 1 if the pair is forbidden."""
+    table = bytearray(256)
+    for chars, cls in classes.items():
+        for ch in chars:
+            table[ch] = cls
+    k = max(classes.values()) + 1
+    forbidden = bytearray(256)
+    for pair in bad:
+        forbidden[table[pair[0]] * k + table[pair[1]]] = 1
+    return bytes(table), k, bytes(forbidden)
+
+
+def _has_bigram(data: bytes, bigrams: tuple[bytes, int, bytes]) -> bool:
+    """Whether two adjacent bytes of ``data`` form a forbidden pair (one vectorised pass, however many pairs)."""
+    table, k, forbidden = bigrams
+    codes = np.frombuffer(data.translate(table), dtype=np.uint8)
+    return b"\x01" in (codes[:-1] * k + codes[1:]).tobytes().translate(forbidden)
+
+
+# in a box list's digit runs and separators ("[[0,0,0,0],[0,0,0,0]]"): a digit outside the boxes, a slot without one
+_STRUCTURE = _bigrams({b"0": 1, b"[": 2, b"]": 3, b",": 4}, [b"0[", b"]0", b"[,", b",,", b",]"])
+_STRUCTURE_NEEDLES = (b"0[", b"]0", b"[,", b",,", b",]")
+
+
+def _odd_structure(box_list: str) -> bool:
+    """Whether a list with the skeleton of a box list has a digit outside its boxes or a slot without one."""
+    runs = box_list.encode("ascii").translate(_DIGITS_TO_ZERO, _NOT_DIGITS)
+    return any(needle in runs for needle in _STRUCTURE_NEEDLES)
+
+
+# whitespace inside a number that numpy's integer parser skips: "- 5", and once the point is dropped ". 5", "5 ."
+_SPACING = _bigrams({_ASCII_SPACE: 1, b".": 2, b"+-": 3}, [b"- ", b"+ ", b". ", b" .", b".-", b".+"])
+
+
 
 
 def _list_skeleton(n: int) -> bytes:
@@ -546,8 +586,8 @@ def _read_predictions(answers: Sequence[str], sizes: np.ndarray,
     else:  # an answer holds a NUL byte: cut them one by one
         skeletons = [t.encode("utf-8", "replace").translate(None, _SKELETON_DELETE) for t in stripped]
     n_boxes = np.fromiter(map(_SKELETON_N.get, skeletons, repeat(-1)), dtype=np.int64, count=b)  # -1: no list
-    # "[]" must hold nothing but whitespace ("[5]" has the skeleton of an empty list); in a longer list, a
-    # number outside the boxes ("[5[1,2,3,4]]", "[[1,2,3,4]]5") makes the slot next to it unreadable
+    # "[]" must hold nothing but whitespace ("[5]" has the skeleton of an empty list); a longer list with a
+    # number outside its boxes ("[5[1,2,3,4]]", "[[1,2,3,4]]5") or an empty slot is unreadable to _floats
     for i in np.flatnonzero(n_boxes == 0).tolist():
         if stripped[i] != "[]" and stripped[i].encode("ascii", "replace").translate(None, _ASCII_SPACE) != b"[]":
             n_boxes[i] = -1
@@ -602,45 +642,52 @@ def _all4(flags: np.ndarray) -> np.ndarray:
 
 
 _BOX_ALONE = re.compile(_BOX)  # a box, as one string
-_BOX_OR_NUL = re.compile(rf"{_BOX}|\x00")  # a box, or the end of one answer
+_BRACKETED_OR_NUL = re.compile(r"\[[\s\d.,+eE-]*\]|\x00")  # brackets around what a box may hold, or an end
+_ODD_SPACES = "\x1c\x1d\x1e\x1f"  # ASCII that \s matches (and float strips) but numpy's parsers do not
 
 
 def _slow_boxes(answers: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Every ``[a,b,c,d]`` of each answer, read as :func:`tinygg.boxes.parse_boxes` reads them (non-finite
     boxes included): (T, 4) values and (len(answers),) counts.
 
-    One regex pass over all answers finds the boxes as strings (no per-match tuples for the garbage
-    collector to track); their numbers are then read together by :func:`_floats`.
+    One pass of a simple regex over all answers finds every bracketed run of the characters a box may
+    hold (each box of the box regex is one of them, and no box of it starts inside one): those whose
+    skeleton is ``[,,,]`` and whose four slots read as numbers are the boxes, since on ASCII text ``float``
+    reads exactly the slots the box grammar accepts. Their numbers are read together by :func:`_floats`.
+    Text with other scripts' digits or spaces (which ``\d`` and ``\s`` match) goes through the box regex.
     """
     text = "\x00".join(answers)
     if "[" not in text:
         return np.zeros((0, 4)), np.zeros(len(answers), dtype=np.int64)
-    if text.count("\x00") != len(answers) - 1:  # an answer holds a NUL: one pass each
-        found = [_BOX_ALONE.findall(a) for a in answers]
-        counts = np.fromiter(map(len, found), dtype=np.int64, count=len(answers))
-        boxes = list(chain.from_iterable(found))
-    else:
-        found = _BOX_OR_NUL.findall(text)  # "[a,b,c,d]" strings, and "\x00" at the end of each answer
-        is_box = np.fromiter(map(len, found), dtype=np.int64, count=len(found)) > 1
-        counts = np.diff(np.flatnonzero(~is_box), prepend=-1, append=len(found)) - 1  # (len(answers),)
-        boxes = list(compress(found, is_box.tolist()))
-    if ",".join(boxes).isascii():  # \d and \s also match other scripts' digits and spaces: float reads those
-        values, bad = _floats(boxes, np.ones(len(boxes), dtype=np.int64))
-        if not len(bad):  # pragma: no branch - every slot of a box is a number
-            return values.reshape(-1, 4), counts
-    numbers = [float(v) for box in boxes for v in BOX_PATTERN.fullmatch(box).groups()]
+    if text.count("\x00") == len(answers) - 1:
+        found = _BRACKETED_OR_NUL.findall(text)  # strings (no per-match tuples for the garbage collector)
+        is_run = np.fromiter(map(len, found), dtype=np.int64, count=len(found)) > 1
+        runs = list(compress(found, is_run.tolist()))
+        joined = "\x00".join(runs)
+        if joined.isascii() and not any(c in joined for c in _ODD_SPACES):
+            answer_of = np.cumsum(~is_run)[is_run]  # (R,) the answer of each run: the ends before it
+            skeletons = joined.encode("ascii").translate(None, _SKELETON_DELETE).split(b"\x00")
+            four = np.flatnonzero(np.fromiter(map(_FOUR_SLOTS.__eq__, skeletons), dtype=bool, count=len(runs)))
+            values, bad = _floats([runs[i] for i in four], np.ones(len(four), dtype=np.int64))
+            good = np.ones(len(four), dtype=bool)
+            good[bad] = False  # a slot that is not a number ("[1,2,3,4e]"): not a box
+            return values.reshape(-1, 4)[good], np.bincount(answer_of[four[good]], minlength=len(answers))
+    found = [_BOX_ALONE.findall(a) for a in answers]
+    counts = np.fromiter(map(len, found), dtype=np.int64, count=len(answers))
+    numbers = [float(v) for box in chain.from_iterable(found) for v in BOX_PATTERN.fullmatch(box).groups()]
     return np.array(numbers, dtype=np.float64).reshape(-1, 4), counts
 
 
+_FOUR_SLOTS = _list_skeleton(1)[1:-1]  # b"[,,,]"
 _POWERS_OF_TEN = np.array([float(10 ** k) for k in range(23)])  # exact in float64
 _SIGN_POINT_COMMA = np.zeros(256, dtype=bool)
 _SIGN_POINT_COMMA[[ord("-"), ord("."), ord(",")]] = True
 
 
 def _plain_decimals(text: bytes, total: int) -> np.ndarray | None:
-    """The ``total`` comma-separated numbers of ``text`` as ``float`` reads them, if every one is a plain
-    decimal (``[-+]?`` digits with at most one ``.``, ASCII whitespace around, at most 2 ** 53 once the
-    point is dropped and at most 22 digits after it); else None.
+    """The ``total`` comma-separated numbers of ``text`` (each holding a digit) as ``float`` reads them, if
+    every one is a plain decimal (``[-+]?`` digits with at most one ``.``, ASCII whitespace around, at most
+    2 ** 53 once the point is dropped and at most 22 digits after it); else None.
 
     Each number is read as an integer without its point (numpy's integer parser is several times faster
     than its float parser) and divided by 10 ** (digits after the point): both are exact in float64, so the
@@ -648,6 +695,8 @@ def _plain_decimals(text: bytes, total: int) -> np.ndarray | None:
     second point, a space inside a number) reads short or is caught below, and the caller falls back to the
     float parser.
     """
+    if _has_bigram(text, _SPACING):
+        return None  # the integer parser would take "- 5" or (without the point) ". 5", "5 ." or ".-5" as numbers
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "could not be read to its end": a short count
         try:
@@ -686,8 +735,8 @@ _LISTS_AT_ONCE = 2048  # box lists read in one piece (a few hundred kB of text: 
 def _floats(lists: list[str], counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """All numbers of box lists whose skeleton is right (``counts[j]`` boxes, so ``4 * counts[j]`` slots,
     in ``lists[j]``), each slot read as ``float`` reads it: (4 * sum(counts),) values, and the indices of
-    the lists with a slot that is not one number (their values are NaN). Read ``_LISTS_AT_ONCE`` lists
-    at a time by :func:`_floats_joined`.
+    the lists with a slot that is not one number (their values are meaningless). Read ``_LISTS_AT_ONCE``
+    lists at a time by :func:`_floats_joined`.
     """
     counts = np.asarray(counts, dtype=np.int64)
     if len(lists) <= _LISTS_AT_ONCE:
@@ -703,17 +752,27 @@ def _floats(lists: list[str], counts: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def _floats_joined(lists: list[str], counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_floats` on lists joined into one text.
 
-    Brackets read as spaces, so a number written outside the boxes ("[5[1,2,3,4]]") joins a slot and makes
-    it unreadable. Plain decimals are read at once by :func:`_plain_decimals`; otherwise numpy's C float
-    parser reads the joined slots in one call; it stops at the first slot that is not a whole number (what
-    it cannot read of a slot must be a separator), which shows as a short count; only then are the slots
-    from that list on read one by one with ``float``, restarting after each bad list.
+    A list with a number next to a bracket outside its boxes ("[5[1,2,3,4]]", "[[,1,2,3]5]") is unreadable;
+    then brackets read as spaces. Plain decimals are read at once by :func:`_plain_decimals`; otherwise
+    numpy's C float parser reads the joined slots in one call; it stops at the first slot that is not a
+    whole number (what it cannot read of a slot must be a separator), which shows as a short count; only
+    then (or when a slot holds no digit, which numpy's parsers would read as a number) are the slots from
+    that list on read one by one with ``float``, restarting after each bad list.
     """
     ends = np.cumsum(counts * 4)  # (L,) end of each list's numbers
     total = int(ends[-1]) if len(ends) else 0
     if not total:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
-    text = ",".join(lists).encode("ascii").translate(_BRACKETS_TO_SPACES)  # skeletons are ASCII
+    joined = ",".join(lists).encode("ascii")  # skeletons are ASCII
+    if _has_bigram(joined.translate(_DIGITS_TO_ZERO, _NOT_DIGITS), _STRUCTURE):  # "5[[", "]5,", "[[,1,2,3]]"
+        outside = np.array([j for j, lst in enumerate(lists) if _odd_structure(lst)], dtype=np.int64)
+        inside = np.setdiff1d(np.arange(len(lists)), outside)
+        part_values, part_bad = _floats_joined([lists[j] for j in inside], counts[inside])
+        out = np.full(total, math.nan)
+        keep = np.repeat(np.isin(np.arange(len(lists)), inside), 4 * counts)
+        out[keep] = part_values
+        return out, np.union1d(outside, inside[part_bad])
+    text = joined.translate(_BRACKETS_TO_SPACES)
     values = _plain_decimals(text, total)
     if values is not None:
         return values, np.zeros(0, dtype=np.int64)
@@ -851,9 +910,11 @@ def _match(preds: np.ndarray, n_used: np.ndarray, gts: np.ndarray, n_gt: np.ndar
             cols = np.stack([linear_sum_assignment(cost[j])[1] for j in range(len(idx))])
         else:
             cols = np.empty((len(idx), r), dtype=np.int64)
+            flat = np.ascontiguousarray(cost).reshape(len(idx), r * c)  # (G, r * c)
+            cells = np.arange(r) * c + maps  # (P, r): the cell of each row under each map
             step = max(1, 2_000_000 // (len(maps) * r))
             for s in range(0, len(idx), step):
-                totals = cost[s:s + step][:, np.arange(r), maps].sum(-1)  # (g, P)
+                totals = flat[s:s + step][:, cells].sum(-1)  # (g, P)
                 cols[s:s + step] = maps[np.argmin(totals, axis=1)]
         rows = np.broadcast_to(np.arange(r), cols.shape)
         pred, gt = (cols, rows) if flip else (rows, cols)

@@ -23,7 +23,7 @@ from dig.rewards import (
     score_batch,
     score_completion,
 )
-from tinygg.boxes import box_iou, canonical, generalized_box_iou, parse_boxes, pixel_to_square
+from tinygg.boxes import BOX_PATTERN, box_iou, canonical, generalized_box_iou, parse_boxes, pixel_to_square
 
 CFG = RewardConfig()
 SIZE = (640, 480)  # padded square: side 640, y offset 80
@@ -335,6 +335,91 @@ def test_fast_text_path_equals_the_general_parser(texts: list[str], box_format: 
         assert got.n_pred[i] == len(boxes), repr(text)
         expect = canonical(boxes[:3] / scale)
         assert np.array_equal(got.sample(i).pred_unit, expect), repr(text)
+
+
+def _assert_reads_like_the_general_parser(texts: list[str], box_format: str = "norm", max_boxes: int = 3) -> None:
+    cfg = RewardConfig(box_format=box_format, max_boxes=max_boxes)
+    size = (300, 200)
+    got = score_batch(texts, [[]] * len(texts), [size] * len(texts), cfg)
+    scale = np.array({"norm": [1, 1, 1, 1], "qwen1000": [1000] * 4, "pixel": [300, 200, 300, 200]}[box_format])
+    for i, text in enumerate(texts):
+        answer = answer_text(text)
+        assert got.format[i] == format_reward(answer, cfg, *size), repr(text)
+        boxes = parse_boxes(answer)
+        assert got.n_pred[i] == len(boxes), repr(text)
+        expect = canonical(boxes[:max_boxes] / scale)
+        assert np.array_equal(got.sample(i).pred_unit, expect), repr(text)
+        assert np.array_equal(np.signbit(got.sample(i).pred_unit), np.signbit(expect)), repr(text)  # -0.0
+
+
+# slots numpy's parsers would read as numbers although float (and the box grammar) does not
+_ODD_LISTS = ["[[ ,0.1,0.2,0.3]]", "[[0.1,0.2,0.3, ]]", "[[0.1,\t,0.2,0.3]]", "[[-,0.1,0.2,0.3]]", "[[0.1,0.2,0.3,+]]",
+              "[[.,0.1,0.2,0.3]]", "[[- 0.5,0.1,0.2,0.3]]", "[[+ 5,1,2,3]]", "[[. 5,1,2,3]]", "[[5 .,1,2,3]]",
+              "[[.-5,1,2,3]]", "[[-. 5,1,2,3]]", "[[1,2,3,4.5 .]]", "[[0.50.5,1,2,3]]", "[[1..2,3,4,5]]",
+              # a number outside the boxes, next to an empty slot it would otherwise fill
+              "0.5[[,0,-.5,+0.1]]", "[[0.1,0.2,0.3,]]0.4", "[[0.1,0.2,0.3,0.4],5[,1,2,3]]", "[5[,1,2,3]]",
+              "[[0.1,0.2,0.3,]5]", "5 [[ ,1,2,3]]", "[[1,2,3,4]]5", "[5[1,2,3,4]]",
+              # plain decimals at their edges, and numbers only the float parser reads
+              "[[-0,-0.0,+0,0.]]", "[[.5,5.,-.5,+.5]]", "[[9007199254740993,900719925474099.3,0.1234567890123456789012,"
+              "0.00000000000000000000001]]", "[[1e5,1E-3,-2.5e+2,1e999]]", "[[ 1 , 2 ,\n3 ,\t4 ]]", "[[007,0,00.50,1]]"]
+
+
+def test_odd_slots_read_like_the_general_parser() -> None:
+    for box_format in ("norm", "qwen1000", "pixel"):
+        _assert_reads_like_the_general_parser(_ODD_LISTS, box_format, max_boxes=10)
+        for text in _ODD_LISTS:  # alone, and among well-formed lists (one joined text)
+            _assert_reads_like_the_general_parser([text], box_format, max_boxes=10)
+            _assert_reads_like_the_general_parser(["[[0.1,0.2,0.3,0.4]]", text, "[[0.5,0.5,0.6,0.6]]"], box_format)
+
+
+def test_box_lists_read_in_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lists are read a few at a time: an unreadable list in a later piece is found and dropped by index."""
+    monkeypatch.setattr(rewards, "_LISTS_AT_ONCE", 3)
+    texts = [f"[[0.{i},0.2,0.3,0.4]]" for i in range(10)]
+    texts[7] = "[[0.1,0.2,0.3,0.4e]]"
+    texts[8] = "[5[,0.2,0.3,0.4]]"
+    _assert_reads_like_the_general_parser(texts)
+    values, bad = rewards._floats(texts, np.ones(10, dtype=np.int64))
+    good = np.repeat(~np.isin(np.arange(10), [7, 8]), 4)
+    assert bad.tolist() == [7, 8] and len(values) == 40
+    assert values[good].tolist() == [float(v) for i in (0, 1, 2, 3, 4, 5, 6, 9) for v in (f"0.{i}", 0.2, 0.3, 0.4)]
+
+
+_DECIMALS = st.one_of(st.sampled_from(["0", "-0", "+0", "0.", ".0", "-.5", "+.5", "5.", "007", "1e5", ".", "-", "",
+                                       "9007199254740993", "12345678901234567890", "0." + "0" * 22 + "1"]),
+                      st.text(st.sampled_from("0123456789.-+ \t\n"), max_size=12))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_DECIMALS, min_size=1, max_size=6))
+def test_plain_decimals_read_as_float_does(tokens: list[str]) -> None:
+    """When the integer-mantissa reader answers, its values are float's, to the bit (signed zeros too)."""
+    text = ",".join(tokens).encode()
+    if any(not any(ch.isdigit() for ch in t) for t in tokens):
+        return  # its callers only pass slots that hold a digit
+    got = rewards._plain_decimals(text, len(tokens))
+    if got is not None:
+        expect = [float(t) for t in tokens]  # raises if the reader took something float does not
+        assert np.array_equal(got, expect) and np.array_equal(np.signbit(got), np.signbit(expect)), tokens
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["[", "]", ",", " ", "0.5", "-1", ".5", "1e999", "e", "a", "\x1c", "\u00a0",
+                                           "\u0663", "\x00", "[0.1,0.2,0.3,0.4]", "[1, 2, 3, 4]", "+"]),
+                         max_size=20).map("".join), min_size=1, max_size=6))
+def test_free_text_boxes_are_the_box_regex_matches(answers: list[str]) -> None:
+    values, counts = rewards._slow_boxes(answers)
+    assert counts.sum() == len(values)
+    for answer, part in zip(answers, np.split(values, np.cumsum(counts)[:-1])):
+        expect = np.array([[float(v) for v in box] for box in BOX_PATTERN.findall(answer)]).reshape(-1, 4)
+        assert np.array_equal(part, expect), repr(answer)
+
+
+def test_gt_number_types_read_alike() -> None:
+    texts = [f"[{TEXT_A}]"] * 5
+    gts = [[GT_A], [[float(v) for v in GT_A]], [np.array(GT_A)], [[0, 0.0, 320, np.int64(320)]], [[str(v) for v in GT_A]]]
+    got = score_batch(texts, gts, [SIZE] * 5, CFG)
+    assert got.total.tolist() == [got.total[0]] * 5 and got.total[0] == pytest.approx(3.0)
 
 
 @settings(max_examples=200, deadline=None)
