@@ -479,7 +479,7 @@ def score_batch(completions: Sequence[Any], gt_boxes: Sequence[Any], image_sizes
 
 _ASCII_SPACE = b" \t\n\r\x0b\x0c"
 _SKELETON_DELETE = b"0123456789.+-eE" + _ASCII_SPACE  # what a box list keeps is its brackets and commas
-_BRACKETS_TO_SPACES = bytes.maketrans(b"[]", b"  ")
+_BRACKETS_TO_SPACES = bytes.maketrans(b"[]\x00", b"  ,")
 _DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
 _NOT_DIGITS = b".+-eE" + _ASCII_SPACE  # what translate deletes to leave a box list's digit runs and separators
 
@@ -505,15 +505,18 @@ def _has_bigram(data: bytes, bigrams: tuple[bytes, int, bytes]) -> bool:
     return b"\x01" in (codes[:-1] * k + codes[1:]).tobytes().translate(forbidden)
 
 
+def _bigram_positions(data: bytes, bigrams: tuple[bytes, int, bytes]) -> np.ndarray:
+    """Where in ``data`` a forbidden pair of adjacent bytes starts (usually nowhere: then one quick pass)."""
+    table, k, forbidden = bigrams
+    codes = np.frombuffer(data.translate(table), dtype=np.uint8)
+    flags = (codes[:-1] * k + codes[1:]).tobytes().translate(forbidden)
+    if b"\x01" not in flags:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.frombuffer(flags, dtype=np.uint8))
+
+
 # in a box list's digit runs and separators ("[[0,0,0,0],[0,0,0,0]]"): a digit outside the boxes, a slot without one
 _STRUCTURE = _bigrams({b"0": 1, b"[": 2, b"]": 3, b",": 4}, [b"0[", b"]0", b"[,", b",,", b",]"])
-_STRUCTURE_NEEDLES = (b"0[", b"]0", b"[,", b",,", b",]")
-
-
-def _odd_structure(box_list: str) -> bool:
-    """Whether a list with the skeleton of a box list has a digit outside its boxes or a slot without one."""
-    runs = box_list.encode("ascii").translate(_DIGITS_TO_ZERO, _NOT_DIGITS)
-    return any(needle in runs for needle in _STRUCTURE_NEEDLES)
 
 
 # whitespace inside a number that numpy's integer parser skips: "- 5", and once the point is dropped ". 5", "5 ."
@@ -680,8 +683,7 @@ def _slow_boxes(answers: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 _FOUR_SLOTS = _list_skeleton(1)[1:-1]  # b"[,,,]"
 _POWERS_OF_TEN = np.array([float(10 ** k) for k in range(23)])  # exact in float64
-_SIGN_POINT_COMMA = np.zeros(256, dtype=bool)
-_SIGN_POINT_COMMA[[ord("-"), ord("."), ord(",")]] = True
+_SIGN_POINT_COMMA = bytes(c if c in b"-.," else 0 for c in range(256))  # translate: other bytes to NUL
 
 
 def _plain_decimals(text: bytes, total: int) -> np.ndarray | None:
@@ -708,9 +710,9 @@ def _plain_decimals(text: bytes, total: int) -> np.ndarray | None:
     mantissa = mantissa[:total]
     if (np.abs(mantissa) > 2 ** 53).any():  # not exact in float64 (or beyond int64, where strtoll saturates)
         return None
-    tight = np.frombuffer(text.translate(None, _ASCII_SPACE) + b",", dtype=np.uint8)  # every slot ends with ","
-    events = np.flatnonzero(_SIGN_POINT_COMMA[tight])  # every "-", "." and "," in order
-    kinds = tight[events]
+    marks = np.frombuffer((text + b",").translate(_SIGN_POINT_COMMA, _ASCII_SPACE), dtype=np.uint8)  # each slot ends ","
+    events = np.flatnonzero(marks)  # every "-", "." and "," in order, in the text without whitespace
+    kinds = marks[events]  # 45 "-", 46 ".", 44 ","
     is_comma = kinds == 44
     slot = np.cumsum(is_comma) - is_comma  # (E,) the slot of each event
     point = np.flatnonzero(kinds == 46)
@@ -752,27 +754,29 @@ def _floats(lists: list[str], counts: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def _floats_joined(lists: list[str], counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_floats` on lists joined into one text.
 
-    A list with a number next to a bracket outside its boxes ("[5[1,2,3,4]]", "[[,1,2,3]5]") is unreadable;
-    then brackets read as spaces. Plain decimals are read at once by :func:`_plain_decimals`; otherwise
-    numpy's C float parser reads the joined slots in one call; it stops at the first slot that is not a
-    whole number (what it cannot read of a slot must be a separator), which shows as a short count; only
-    then (or when a slot holds no digit, which numpy's parsers would read as a number) are the slots from
-    that list on read one by one with ``float``, restarting after each bad list.
+    A list with a digit next to a bracket outside its boxes ("[5[1,2,3,4]]", "[[,1,2,3]5]") or a slot without
+    a digit (which numpy's parsers would read as a number) is unreadable; then brackets read as spaces.
+    Plain decimals are read at once by :func:`_plain_decimals`; otherwise numpy's C float parser reads the
+    joined slots in one call; it stops at the first slot that is not a whole number (what it cannot read of
+    a slot must be a separator), which shows as a short count; only then are the slots from that list on
+    read one by one with ``float``, restarting after each bad list.
     """
     ends = np.cumsum(counts * 4)  # (L,) end of each list's numbers
     total = int(ends[-1]) if len(ends) else 0
     if not total:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
-    joined = ",".join(lists).encode("ascii")  # skeletons are ASCII
-    if _has_bigram(joined.translate(_DIGITS_TO_ZERO, _NOT_DIGITS), _STRUCTURE):  # "5[[", "]5,", "[[,1,2,3]]"
-        outside = np.array([j for j, lst in enumerate(lists) if _odd_structure(lst)], dtype=np.int64)
+    joined = "\x00".join(lists).encode("ascii")  # skeletons are ASCII
+    runs = joined.translate(_DIGITS_TO_ZERO, _NOT_DIGITS)  # "[[0,0,0,0]]\x00[[0,0,0,0],[0,0,0,0]]..."
+    odd = _bigram_positions(runs, _STRUCTURE)  # "5[[", "]5,", "[[,1,2,3]]"
+    if len(odd):
+        outside = np.unique(np.searchsorted(np.flatnonzero(np.frombuffer(runs, dtype=np.uint8) == 0), odd))
         inside = np.setdiff1d(np.arange(len(lists)), outside)
         part_values, part_bad = _floats_joined([lists[j] for j in inside], counts[inside])
         out = np.full(total, math.nan)
         keep = np.repeat(np.isin(np.arange(len(lists)), inside), 4 * counts)
         out[keep] = part_values
         return out, np.union1d(outside, inside[part_bad])
-    text = joined.translate(_BRACKETS_TO_SPACES)
+    text = joined.translate(_BRACKETS_TO_SPACES)  # and the NULs between lists to ","
     values = _plain_decimals(text, total)
     if values is not None:
         return values, np.zeros(0, dtype=np.int64)
