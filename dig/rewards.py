@@ -579,15 +579,18 @@ def _read_predictions(answers: Sequence[str], sizes: np.ndarray,
     :func:`format_reward` and have their boxes read by one regex pass over all of them (:func:`_slow_boxes`).
     """
     b = len(answers)
-    stripped = answers  # fences are taken off below
-    buffer = "\x00".join(stripped).encode("utf-8", "replace")  # NUL-separated: each step is one pass
-    if b"`" in buffer and b"```" in buffer:
-        stripped = [_strip_fence(t) if t[:3] == "```" else t for t in stripped]
-        buffer = "\x00".join(stripped).encode("utf-8", "replace")
-    if buffer.count(b"\x00") == b - 1:
-        skeletons = buffer.translate(None, _SKELETON_DELETE).split(b"\x00")
-    else:  # an answer holds a NUL byte: cut them one by one
-        skeletons = [t.encode("utf-8", "replace").translate(None, _SKELETON_DELETE) for t in stripped]
+    stripped, skeletons = [], []  # answers without a fence, and what a box list keeps of them
+    for lo in range(0, b, _LISTS_AT_ONCE):  # a few hundred kB of text at a time: the buffers stay in cache
+        part = answers[lo:lo + _LISTS_AT_ONCE]
+        buffer = "\x00".join(part).encode("utf-8", "replace")  # NUL-separated: each step is one pass
+        if b"`" in buffer and b"```" in buffer:
+            part = [_strip_fence(t) if t[:3] == "```" else t for t in part]
+            buffer = "\x00".join(part).encode("utf-8", "replace")
+        stripped.extend(part)
+        if buffer.count(b"\x00") == len(part) - 1:
+            skeletons.extend(buffer.translate(None, _SKELETON_DELETE).split(b"\x00"))
+        else:  # an answer holds a NUL byte: cut them one by one
+            skeletons.extend(t.encode("utf-8", "replace").translate(None, _SKELETON_DELETE) for t in part)
     n_boxes = np.fromiter(map(_SKELETON_N.get, skeletons, repeat(-1)), dtype=np.int64, count=b)  # -1: no list
     # "[]" must hold nothing but whitespace ("[5]" has the skeleton of an empty list); a longer list with a
     # number outside its boxes ("[5[1,2,3,4]]", "[[1,2,3,4]]5") or an empty slot is unreadable to _floats
@@ -849,7 +852,7 @@ def _read_gt(gt_boxes: Sequence[Any], sizes: np.ndarray, cfg: RewardConfig) -> t
 # ---------------------------------------------------------------------------------------------- matching
 
 
-_CHUNK = 8192  # candidate pairs whose cost is computed at once (its temporaries stay in cache)
+_CHUNK = 8192  # candidate pairs whose cost is computed at once (its temporaries stay in cache, not paged in)
 MAX_EXHAUSTIVE = 120  # most one-to-one maps searched exhaustively (e.g. 3 into 6); scipy per sample beyond
 
 
@@ -886,15 +889,16 @@ def _match(preds: np.ndarray, n_used: np.ndarray, gts: np.ndarray, n_gt: np.ndar
 
     pred_start, gt_start = np.cumsum(n_used) - n_used, np.cumsum(n_gt) - n_gt  # (B,) first row of each sample
     per = n_used[active] * n_gt[active]  # (A,) candidate pairs of each active sample, row-major (pred, GT)
-    cand_start = np.cumsum(per) - per
-    sample = np.repeat(active, per)  # (P,)
-    row, col = np.divmod(np.arange(len(sample)) - np.repeat(cand_start, per), n_gt[sample])  # (P,) each
-    pred_of, gt_of = pred_start[sample] + row, gt_start[sample] + col  # (P,) rows of each candidate
+    cand_end = np.cumsum(per)
+    cand_start = cand_end - per
     pred_cols, gt_cols = preds.T.copy(), gts.T.copy()  # (4, T), (4, G)
-    cost_flat = np.empty(len(sample))  # (P,)
-    for lo in range(0, len(sample), _CHUNK):
-        p = np.take(pred_cols, pred_of[lo:lo + _CHUNK], axis=1)  # (4, chunk), each coordinate contiguous
-        g = np.take(gt_cols, gt_of[lo:lo + _CHUNK], axis=1)
+    cost_flat = np.empty(int(cand_end[-1]))  # (P,)
+    for lo in range(0, len(cost_flat), _CHUNK):
+        cand = np.arange(lo, min(lo + _CHUNK, len(cost_flat)))  # (chunk,) candidates
+        at = np.searchsorted(cand_end, cand, side="right")  # (chunk,) their active sample
+        row, col = np.divmod(cand - cand_start[at], n_gt[active[at]])  # prediction and GT index in the sample
+        p = np.take(pred_cols, pred_start[active[at]] + row, axis=1)  # (4, chunk), each coordinate contiguous
+        g = np.take(gt_cols, gt_start[active[at]] + col, axis=1)
         cost_flat[lo:lo + _CHUNK] = (cfg.lambda_l1 * np.abs(p - g).sum(0)
                                      - cfg.lambda_giou * generalized_box_iou(p.T[:, None], g.T[:, None])[:, 0, 0])
 
@@ -916,7 +920,7 @@ def _match(preds: np.ndarray, n_used: np.ndarray, gts: np.ndarray, n_gt: np.ndar
             cols = np.empty((len(idx), r), dtype=np.int64)
             flat = np.ascontiguousarray(cost).reshape(len(idx), r * c)  # (G, r * c)
             cells = np.arange(r) * c + maps  # (P, r): the cell of each row under each map
-            step = max(1, 2_000_000 // (len(maps) * r))
+            step = max(1, 16 * _CHUNK // (len(maps) * r))  # problems evaluated at once: (step, P, r) stays small
             for s in range(0, len(idx), step):
                 totals = flat[s:s + step][:, cells].sum(-1)  # (g, P)
                 cols[s:s + step] = maps[np.argmin(totals, axis=1)]
