@@ -425,10 +425,11 @@ def score_batch(completions: Sequence[Any], gt_boxes: Sequence[Any], image_sizes
                 cfg: RewardConfig) -> BatchScores:
     """Score a batch of completions; ``gt_boxes[i]`` are pixel boxes (M_i, 4) of an image ``image_sizes[i]``.
 
-    Text is read per sample (well-formed box lists through a fast path equivalent to the general parser);
-    frames, the pairwise L1 / IoU / GIoU of every sample, the assignments (exhaustive search over all
-    one-to-one maps, batched per problem shape, when that is small; scipy's Hungarian solver otherwise)
-    and the metrics run on padded arrays for the whole batch.
+    Text is read in a few passes over the joined answers (well-formed box lists through a fast path
+    equivalent to the general parser, :func:`_read_predictions`); frames, the pairwise L1 / IoU / GIoU of
+    every sample, the assignments (exhaustive search over all one-to-one maps, batched per problem shape,
+    when that is small; scipy's Hungarian solver otherwise) and the metrics run on arrays for the whole
+    batch, large ones in cache-sized pieces.
 
     >>> s = score_batch(["[[0.1,0.1,0.5,0.5]]", "nothing", "nothing"], [[[64, 64, 320, 320]], [[0, 0, 9, 9]], []],
     ...                 [(640, 640)] * 3, RewardConfig())
@@ -573,10 +574,10 @@ def _read_predictions(answers: Sequence[str], sizes: np.ndarray,
 
     Equal to :func:`format_reward` and :func:`tinygg.boxes.parse_boxes` on every answer (tests check it),
     in fewer steps: a fenced-or-bare list of bare boxes whose slots all read as numbers (what a trained
-    model writes) is recognised by its skeleton (``bytes.translate`` over the whole batch at once, then a
-    dict look-up) and by its numbers reading as such (:func:`_floats`, all numbers of the batch in one
-    pass); the format's count and range checks then run on arrays. Other answers go through
-    :func:`format_reward` and have their boxes read by one regex pass over all of them (:func:`_slow_boxes`).
+    model writes) is recognised by its skeleton (``bytes.translate`` over many answers at once, then a
+    dict look-up) and by its numbers reading as such (:func:`_floats`, the numbers of thousands of lists
+    in one parser call); the format's count and range checks then run on arrays. Other answers go through
+    :func:`format_reward` and have their boxes read in one pass over all of them (:func:`_slow_boxes`).
     """
     b = len(answers)
     stripped, skeletons = [], []  # answers without a fence, and what a box list keeps of them
@@ -612,7 +613,8 @@ def _read_predictions(answers: Sequence[str], sizes: np.ndarray,
     scale = sizes[:, [0, 1, 0, 1]] if per_image else pred_scale(cfg.box_format, 1, 1)  # (B, 4) or (4,): divisor
     fmt = np.zeros(b)
     if len(fast_idx):  # NaN and inf fail one of the comparisons
-        outside = np.flatnonzero(~(_all4(fast_rows >= 0) & _all4(fast_rows <= (scale[fast_of] if per_image else scale))))
+        frame = scale[fast_of] if per_image else scale
+        outside = np.flatnonzero(~(_all4(fast_rows >= 0) & _all4(fast_rows <= frame)))
         bad = np.bincount(fast_of[outside], minlength=b)[fast_idx]
         fmt[fast_idx] = ((bad == 0) & (fast_n <= cfg.max_boxes)).astype(float)
         infinite = outside[~np.isfinite(fast_rows[outside]).all(1)]
@@ -653,7 +655,7 @@ _ODD_SPACES = "\x1c\x1d\x1e\x1f"  # ASCII that \s matches (and float strips) but
 
 
 def _slow_boxes(answers: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Every ``[a,b,c,d]`` of each answer, read as :func:`tinygg.boxes.parse_boxes` reads them (non-finite
+    r"""Every ``[a,b,c,d]`` of each answer, read as :func:`tinygg.boxes.parse_boxes` reads them (non-finite
     boxes included): (T, 4) values and (len(answers),) counts.
 
     One pass of a simple regex over all answers finds every bracketed run of the characters a box may
@@ -713,8 +715,9 @@ def _plain_decimals(text: bytes, total: int) -> np.ndarray | None:
     mantissa = mantissa[:total]
     if (np.abs(mantissa) > 2 ** 53).any():  # not exact in float64 (or beyond int64, where strtoll saturates)
         return None
-    marks = np.frombuffer((text + b",").translate(_SIGN_POINT_COMMA, _ASCII_SPACE), dtype=np.uint8)  # each slot ends ","
-    events = np.flatnonzero(marks)  # every "-", "." and "," in order, in the text without whitespace
+    # "-", "." and "," (each slot now ends with one) in the text without whitespace; other bytes read 0
+    marks = np.frombuffer((text + b",").translate(_SIGN_POINT_COMMA, _ASCII_SPACE), dtype=np.uint8)
+    events = np.flatnonzero(marks)  # (E,) in order
     kinds = marks[events]  # 45 "-", 46 ".", 44 ","
     is_comma = kinds == 44
     slot = np.cumsum(is_comma) - is_comma  # (E,) the slot of each event
