@@ -839,14 +839,18 @@ def _read_gt(gt_boxes: Sequence[Any], sizes: np.ndarray, cfg: RewardConfig) -> t
                                  f"got {g!r}")
         raise ValueError("GT boxes: expected one list of [x1,y1,x2,y2] pixel boxes per sample")  # pragma: no cover
     of = np.repeat(np.arange(len(lists)), n_gt)
-    if cfg.box_format == "norm":
-        out = np.empty_like(rows)
-        code = sizes[of, 0] * 1e6 + sizes[of, 1]  # one conversion per distinct image size
-        for c in np.unique(code):
-            sel = code == c
-            w, h = sizes[of[np.argmax(sel)]]
-            out[sel] = pixel_to_square(rows[sel], int(w), int(h))
-        rows = out
+    if cfg.box_format == "norm":  # one conversion per distinct image size
+        distinct, size_of = np.unique(sizes[:, 0] * 1e6 + sizes[:, 1], return_inverse=True)  # (U,), (B,)
+        if len(distinct) == 1:
+            rows = pixel_to_square(rows, int(sizes[0, 0]), int(sizes[0, 1]))
+        else:
+            out = np.empty_like(rows)
+            code = size_of[of]  # (G,) the size of each box's image
+            for u in range(len(distinct)):
+                sel = code == u
+                w, h = sizes[np.argmax(size_of == u)]
+                out[sel] = pixel_to_square(rows[sel], int(w), int(h))
+            rows = out
     else:
         rows = rows / sizes[of][:, [0, 1, 0, 1]]
     return canonical(rows).reshape(-1, 4), n_gt
