@@ -32,7 +32,7 @@ class TinyGGModelOutputWithPast(BaseModelOutputWithPast):
 class TinyGGCausalLMOutputWithPast(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     image_hidden_states: torch.Tensor | None = None
@@ -58,7 +58,7 @@ class TinyGGPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _no_split_modules = ["Qwen2DecoderLayer", "CLIPEncoderLayer", "Dinov2Layer"]
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -158,12 +158,13 @@ class TinyGGModel(TinyGGPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         vision_features: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> TinyGGModelOutputWithPast:
+        cache = kwargs.pop("past_key_values", cache)  # the name before transformers 5.24
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -174,7 +175,7 @@ class TinyGGModel(TinyGGPreTrainedModel):
                 raise ValueError("pixel_values need input_ids to locate the <image>/<object> placeholders")
             inputs_embeds, image_feats = self.merge_multimodal(input_ids, inputs_embeds, pixel_values,
                                                                vision_features)
-        elif input_ids is not None and past_key_values is None and self.config.image_token_id is not None:
+        elif input_ids is not None and cache is None and self.config.image_token_id is not None:
             n = int(((input_ids == self.config.image_token_id) | (input_ids == self.config.object_token_id)).sum())
             if n:
                 raise ValueError(f"the prompts hold {n} <image>/<object> placeholder tokens but no pixel_values "
@@ -182,14 +183,14 @@ class TinyGGModel(TinyGGPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
         )
         return TinyGGModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_feats,
@@ -237,7 +238,7 @@ class TinyGGForConditionalGeneration(TinyGGPreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         vision_features: torch.Tensor | None = None,
@@ -245,9 +246,10 @@ class TinyGGForConditionalGeneration(TinyGGPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> TinyGGCausalLMOutputWithPast:
+        cache = kwargs.pop("past_key_values", cache)  # the name before transformers 5.24
         outputs = self.model(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
-            position_ids=position_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+            position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
             vision_features=vision_features, use_cache=use_cache, **kwargs,
         )
         hidden = outputs.last_hidden_state
@@ -258,7 +260,7 @@ class TinyGGForConditionalGeneration(TinyGGPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size,
                                       **kwargs)
         return TinyGGCausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+            loss=loss, logits=logits, cache=outputs.cache,
             hidden_states=outputs.hidden_states, attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
         )
