@@ -108,6 +108,9 @@ def register_synth(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--tasks", default=",".join(TASKS), metavar="LIST",
                    help=f"comma-separated tasks among {','.join(TASKS)} (default: all)")
     p.add_argument("--per-image", type=int, default=2, metavar="K", help="samples per task per image (default: 2)")
+    p.add_argument("--turns", type=int, default=1, metavar="K",
+                   help="questions per conversation: K > 1 asks several questions about one image in one "
+                        "multi-turn sample (fewer tokens per answer; default: 1)")
     p.add_argument("--no-relations", action="store_true",
                    help="attribute expressions only (no 'left of the blue sphere')")
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="share of scenes for val (default: 0.1)")
@@ -123,7 +126,7 @@ def _run_synth(args: argparse.Namespace) -> int:
 
     cfg = SynthConfig(out=args.out, n=args.n, size=args.size, min_objects=args.min_objects,
                       max_objects=args.max_objects, tasks=tuple(t for t in args.tasks.split(",") if t),
-                      per_image=args.per_image, relations=not args.no_relations, val_fraction=args.val_fraction,
+                      per_image=args.per_image, turns=args.turns, relations=not args.no_relations, val_fraction=args.val_fraction,
                       test_fraction=args.test_fraction, seed=args.seed)
     counts = generate_synth(cfg, progress=not args.no_progress)
     for name, count in counts.items():

@@ -142,6 +142,7 @@ class SynthConfig:
     max_objects: int = P.MAX_OBJECTS
     tasks: tuple[str, ...] = TASKS
     per_image: int = 2  # samples per task per image
+    turns: int = 1  # questions per conversation: >1 asks several about one image in one sequence
     relations: bool = True
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -154,8 +155,9 @@ class SynthConfig:
         if not 1 <= self.min_objects <= self.max_objects:
             raise ValueError(f"--min-objects/--max-objects: need 1 <= min <= max, got "
                              f"{self.min_objects}/{self.max_objects}")
-        if self.n < 1 or self.per_image < 1:
-            raise ValueError(f"--n and --per-image must be >= 1, got {self.n} and {self.per_image}")
+        if self.n < 1 or self.per_image < 1 or self.turns < 1:
+            raise ValueError(f"--n, --per-image and --turns must be >= 1, got {self.n}, {self.per_image} and "
+                             f"{self.turns}")
         if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"--val-fraction + --test-fraction must be in [0, 1), got "
                              f"{self.val_fraction} + {self.test_fraction}")
@@ -182,6 +184,7 @@ def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg
     visible = [i for i in range(len(scene)) if counts[i] >= thr]
     boxes = {i: mask_box(mask, i + 1) for i in visible}
     samples: list[dict[str, Any]] = []
+    targets_of: list[int] = []  # the object each sample asks about
     rec_rows: list[dict[str, Any]] = []
     exprs = {i: unique_expressions(scene, i, cfg.relations) for i in visible}
     referable = [i for i in visible if exprs[i]]
@@ -235,7 +238,63 @@ def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg
             if objects:
                 sample["objects"] = objects
             samples.append(sample)
+            targets_of.append(i)
+    if cfg.turns > 1:
+        order = [int(k) for k in rng.permutation(len(samples))]
+        groups = group_turns([targets_of[k] for k in order], cfg.turns)
+        samples = [as_conversation([samples[order[k]] for k in g]) for g in groups]
     return samples, rec_rows
+
+
+def group_turns(targets: list[int], turns: int) -> list[list[int]]:
+    """Positions of ``targets`` in conversations of at most ``turns`` questions, no object asked about twice
+    in one conversation: an earlier turn would otherwise give a later one its answer (the box of "what is in
+    [box]" is the answer to "where is the blue cube"), a shortcut that single questions at test time lack.
+
+    >>> group_turns([0, 1, 0, 2, 1], 2)
+    [[0, 1], [2, 3], [4]]
+    """
+    groups: list[list[int]] = []
+    for k, t in enumerate(targets):
+        home = next((g for g in groups if len(g) < turns and all(targets[j] != t for j in g)), None)
+        if home is None:
+            groups.append([k])
+        else:
+            home.append(k)
+    return groups
+
+
+def as_conversation(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Single-question samples of one image as one multi-turn sample: the image is shown once (first turn),
+    the ``objects`` boxes follow their ``<object>`` placeholders in turn order.
+
+    One sequence then carries several answers for one pass of the image tokens (and of the towers), the
+    multi-round grounding conversations of the paper's data; a step supervises more answers per token.
+
+    >>> a = {"id": "s_0", "image": "i.png", "conversations": [{"from": "human", "value": "<image>\\nQ1"},
+    ...                                                      {"from": "gpt", "value": "A1"}]}
+    >>> b = {"id": "s_1", "image": "i.png", "objects": [[1, 2, 3, 4]],
+    ...      "conversations": [{"from": "human", "value": "<image>\\nQ2 <object>"}, {"from": "gpt", "value": "A2"}]}
+    >>> c = as_conversation([a, b])
+    >>> [t["value"] for t in c["conversations"]], c["objects"], c["id"]
+    (['<image>\\nQ1', 'A1', 'Q2 <object>', 'A2'], [[1, 2, 3, 4]], 's_0+1')
+    """
+    if len(samples) == 1:
+        return samples[0]
+    image = samples[0]["image"]
+    if any(s["image"] != image for s in samples):
+        raise ValueError("as_conversation: the samples show different images")
+    turns: list[dict[str, str]] = []
+    objects: list[list[int]] = []
+    for k, s in enumerate(samples):
+        human, gpt = s["conversations"]
+        value = human["value"] if k == 0 else human["value"].replace("<image>\n", "", 1)
+        turns += [{"from": "human", "value": value}, gpt]
+        objects += s.get("objects", [])
+    out: dict[str, Any] = {"id": f"{samples[0]['id']}+{len(samples) - 1}", "image": image, "conversations": turns}
+    if objects:
+        out["objects"] = objects
+    return out
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -155,3 +155,54 @@ def test_rec_training_prompt_is_the_evaluation_prompt(tmp_path):
              for s in json.loads((out / f"{split}.json").read_text())}
     for r in rows:
         assert f"<image>\n{make_prompt(DEFAULT_PROMPT, r['expression'])}" in asked
+
+
+def test_multi_turn_conversations_keep_every_question_and_encode(tmp_path: Path) -> None:
+    """--turns K groups one image's questions into conversations of up to K turns: the same questions and
+    answers as single-turn samples, the image once, each <object> box in turn order, and the training
+    dataset encodes them with a label span per answer."""
+    from tinygg.build import build_model
+    from tinygg.data.dataset import DataSource, SupervisedDataset, mix
+
+    kw = dict(n=8, size=(W, H), min_objects=2, max_objects=4, per_image=2, seed=5, val_fraction=0, test_fraction=0)
+    generate_synth(SynthConfig(out=tmp_path / "one", **kw), progress=False)
+    generate_synth(SynthConfig(out=tmp_path / "multi", turns=3, **kw), progress=False)
+    single = json.loads((tmp_path / "one" / "train.json").read_text())
+    multi = json.loads((tmp_path / "multi" / "train.json").read_text())
+
+    def qa(samples: list[dict]) -> list[tuple]:
+        out = []
+        for s in samples:
+            objs = iter(s.get("objects", []))
+            for q, a in zip(s["conversations"][::2], s["conversations"][1::2]):
+                boxes = tuple(tuple(next(objs)) for _ in range(q["value"].count("<object>")))
+                out.append((s["image"], q["value"].removeprefix("<image>\n"), a["value"], boxes))
+        return sorted(out)
+
+    assert qa(multi) == qa(single)
+    assert len(multi) < len(single) and max(len(s["conversations"]) for s in multi) == 6
+    assert all(sum(t["value"].count("<image>") for t in s["conversations"]) == 1 for s in multi)
+    assert all(s["conversations"][0]["value"].startswith("<image>\n") for s in multi)
+
+    _, processor = build_model("tiny")
+    ds = SupervisedDataset(mix([DataSource(str(tmp_path / "multi" / "train.json"))]), processor)
+    for i in range(len(ds)):
+        item, sample = ds[i], ds.items[i][0]
+        labels = item["labels"].tolist()
+        spans = sum(1 for k in range(len(labels)) if labels[k] != -100 and (k == 0 or labels[k - 1] == -100))
+        assert spans == len(sample.conversations) // 2
+        assert item["pixel_values"].shape[0] == 1 + len(sample.objects)
+
+
+def test_a_conversation_never_asks_about_one_object_twice(tmp_path: Path) -> None:
+    """An earlier turn must not hold a later turn's answer (the region of 'what is in [box]' is the answer to
+    'where is the blue cube'): every box in a conversation's text appears in one turn only."""
+    generate_synth(SynthConfig(out=tmp_path, n=12, size=(W, H), min_objects=2, max_objects=4, per_image=2, turns=4,
+                               tasks=("text2box", "box2text", "object2box"), seed=7), progress=False)
+    for split in ("train", "val", "test"):
+        for s in json.loads((tmp_path / f"{split}.json").read_text()):
+            seen: list[str] = []
+            for q, a in zip(s["conversations"][::2], s["conversations"][1::2]):
+                boxes = set(re.findall(r"\[[^\]]*\]", q["value"] + a["value"]))
+                assert not boxes & set(seen), s["id"]
+                seen += boxes

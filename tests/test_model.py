@@ -125,3 +125,29 @@ def test_gradients_reach_every_trainable_part(tiny_model):
     for part in (model.model.vision_tower.clip, model.model.vision_tower.dino, model.model.multi_modal_projector,
                  model.model.language_model):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+
+
+def test_random_towers_start_with_2d_sincos_positions() -> None:
+    """Random towers get fixed 2-D sine-cosine patch positions (a random init of std 0.02 leaves a tower
+    nearly blind to where a patch is): every patch code is distinct, the closest code to a patch's is a grid
+    neighbour's, both towers hold them, and CLS keeps its random init."""
+    from tinygg.build import build_model
+    from tinygg.vision import sincos_2d
+
+    grid, dim = 8, 64
+    codes = sincos_2d(grid, dim)
+    d = torch.cdist(codes, codes)
+    d.fill_diagonal_(float("inf"))
+    nearest = d.argmin(dim=1)
+    rows, cols = torch.arange(grid * grid) // grid, torch.arange(grid * grid) % grid
+    assert bool((((rows - rows[nearest]).abs() + (cols - cols[nearest]).abs()) == 1).all())
+    model, _ = build_model("tiny")
+    tower = model.model.vision_tower
+    clip_pos = tower.clip.embeddings.position_embedding.weight
+    dino_pos = tower.dino.embeddings.position_embeddings[0]
+    n = model.config.grid_size
+    assert torch.allclose(clip_pos[1:], sincos_2d(n, clip_pos.shape[1]))
+    assert torch.allclose(dino_pos[1:], sincos_2d(n, dino_pos.shape[1]))
+    assert float(clip_pos[0].std()) < 0.1  # CLS: transformers' own init
+    with pytest.raises(ValueError, match="multiple of 4"):
+        sincos_2d(4, 6)

@@ -19,6 +19,7 @@ from .configuration import CLIP_ID, DINO_ID, LLM_IDS, TinyGGConfig
 from .modeling import TinyGGForConditionalGeneration, TinyGGProjector
 from .processor import TinyGGProcessor
 from .tokenizer import add_multimodal_tokens, build_tiny_tokenizer
+from .vision import init_sincos_positions
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,9 @@ def build_model(preset: str, clip: str | None = None, dino: str | None = None, l
                                             bias=False, dtype=dtype)
         model.model.multi_modal_projector = TinyGGProjector(config).to(dtype)
         model.tie_weights()
+    random_towers = tuple(t for t in ("clip", "dino") if t not in parts)
+    if random_towers:  # fixed 2-D positions for towers that start from random init (tinygg.vision)
+        init_sincos_positions(model.model.vision_tower, config.grid_size, random_towers)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(_pad_vocab(len(tokenizer)), mean_resizing=True)
     model.config.text_config.vocab_size = model.get_input_embeddings().num_embeddings

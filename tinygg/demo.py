@@ -58,6 +58,7 @@ class Corpus:
     seed: int
     test_fraction: float = 0.05
     val_fraction: float = 0.0
+    turns: int = 1  # questions per conversation (dig.synth.SynthConfig.turns)
 
 
 @dataclass(frozen=True)
@@ -83,21 +84,26 @@ class Plan:
 
 
 def from_scratch_plan(hours: float) -> Plan:
+    """The run that trains the shipped checkpoints (docs/demo_recipe.md says why each choice): single-object
+    localisation first, then multi-object attribute REC, then everything with relations and the DiG question;
+    the multi-object corpora ask up to four questions per image in one conversation."""
     return Plan(
         corpora=[
             Corpus("synth_single", 6000, 1, 1, ("object2box", "text2box"), False, seed=1),
-            Corpus("synth_attr", 6000, 2, 4, ("text2box", "object2box", "box2text"), False, seed=2),
-            Corpus("synth_full", 6000, 2, 6, ("text2box", "box2text", "object2box", "text2object"), True, seed=3),
+            Corpus("synth_attr_t4", 6000, 2, 4, ("text2box", "object2box", "box2text"), False, seed=2, turns=4),
+            Corpus("synth_full_t4", 6000, 2, 6, ("text2box", "box2text", "object2box", "text2object"), True, seed=3,
+                   turns=4),
         ],
-        pair_sets={"dig_single": ("single", 1600, 1), "dig_dual": ("dual", 1600, 2),
-                   "dig_mixed": ("mixed", 1600, 3), "dig_test": ("mixed", 200, 4)},
+        pair_sets={"dig_single": ("single", 1000, 1), "dig_dual": ("dual", 1000, 2),
+                   "dig_mixed": ("mixed", 800, 3), "dig_test": ("mixed", 200, 4)},
         sft_pairs=("dig_single", "dig_dual"),
         stages=[
             SftStage("stage1", "stage1.yaml", (("synth_single/train.json", 1.0),)),
-            SftStage("stage2", "stage2.yaml", (("synth_attr/train.json", 1.0), ("synth_single/train.json", 0.3))),
-            SftStage("stage3", "stage3.yaml", (("synth_full/train.json", 1.0), ("synth_attr/train.json", 0.5),
+            SftStage("stage2", "stage2.yaml", (("synth_attr_t4/train.json", 1.0), ("synth_single/train.json", 0.2))),
+            SftStage("stage3", "stage3.yaml", (("synth_full_t4/train.json", 1.0), ("synth_attr_t4/train.json", 0.5),
                                                ("dig_sft.json", 1.0))),
         ],
+        rec_tests=("synth_single", "synth_attr_t4", "synth_full_t4"),
         steps_scale=hours / NOMINAL_HOURS,
     )
 
@@ -109,11 +115,14 @@ def make_corpus(c: Corpus, out: Path, progress: bool = True) -> Path:
 
     folder = out / c.name
     info = folder / "synth_info.json"
-    if info.exists() and json.loads(info.read_text())["config"]["n"] == c.n:
-        return folder
-    generate_synth(SynthConfig(out=folder, n=c.n, min_objects=c.min_objects, max_objects=c.max_objects,
-                               tasks=c.tasks, relations=c.relations, seed=c.seed, val_fraction=c.val_fraction,
-                               test_fraction=c.test_fraction), progress=progress)
+    cfg = SynthConfig(out=folder, n=c.n, min_objects=c.min_objects, max_objects=c.max_objects, tasks=c.tasks,
+                      relations=c.relations, seed=c.seed, val_fraction=c.val_fraction, test_fraction=c.test_fraction,
+                      turns=c.turns)
+    if info.exists():
+        made = json.loads(info.read_text())["config"]
+        if (made["n"], made.get("turns", 1), made["seed"]) == (c.n, c.turns, c.seed):
+            return folder
+    generate_synth(cfg, progress=progress)
     return folder
 
 
@@ -397,7 +406,7 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(from_scratch_report(summary))
     if ship_to:
-        ship_checkpoints(stage3, dig_final, out, *ship_to)
+        ship_checkpoints(stage3, dig_final, out, *ship_to, rec_test=plan.rec_tests[-1])
     return summary
 
 
@@ -431,9 +440,10 @@ def shipped_location() -> tuple[Path, Path]:
     return PACKAGE_DIR / "checkpoints", SHIPPED_REGISTRY
 
 
-def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path, dest_root: Path, registry: Path) -> None:
+def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path, dest_root: Path, registry: Path,
+                     rec_test: str = "synth_full_t4") -> None:
     """Half-precision copies of both results under ``dest_root``, registered in ``registry`` (inside the
-    model_zoo package they are recorded as ``package://`` paths)."""
+    model_zoo package they are recorded as ``package://`` paths) with their REC numbers on ``rec_test``."""
     import torch
 
     from model_zoo.add_checkpoint import add
@@ -448,7 +458,7 @@ def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path, dest_root: Pa
         model.to(torch.float16).save_pretrained(dest, safe_serialization=True)
         processor.save_pretrained(dest)
         shutil.copy(run_dir / "report.md", dest / "demo_report.md")
-        rec_json = run_dir / "eval" / ("stage3" if stage == "stage3" else "dig") / "rec_synth_full" / "metrics.json"
+        rec_json = run_dir / "eval" / ("stage3" if stage == "stage3" else "dig") / f"rec_{rec_test}" / "metrics.json"
         add(name, from_dir=dest, preset="tiny", stage=stage, registry_path=registry, overwrite=True,
             parent=SHIPPED["stage3"] if stage == "dig" else None, license="apache-2.0",
             eval_json=[rec_json] if rec_json.exists() else [],

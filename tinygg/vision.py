@@ -49,3 +49,43 @@ class DualVisionTower(nn.Module):
         # Drop CLS (and any register tokens: DINOv2 keeps its patches last).
         n = clip_h.shape[1] - 1
         return torch.cat([clip_h[:, 1:], dino_h[:, -n:]], dim=-1)  # (B, N, C_clip + C_dino)
+
+
+def sincos_2d(grid: int, dim: int, temperature: float = 100.0) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position codes (MAE's), ``(grid*grid, dim)``, rows in row-major patch order.
+
+    The first half of the channels encodes the row, the second the column; each half is sines then cosines
+    over ``dim // 4`` frequencies from 1 down to ``1 / temperature`` radians per patch.
+
+    >>> sincos_2d(8, 64).shape
+    torch.Size([64, 64])
+    """
+    if dim % 4:
+        raise ValueError(f"sincos_2d: dim must be a multiple of 4, got {dim}")
+    omega = temperature ** -(torch.arange(dim // 4, dtype=torch.float64) / max(1, dim // 4 - 1))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                            indexing="ij")
+    parts = []
+    for pos in (ys.reshape(-1), xs.reshape(-1)):
+        angle = pos[:, None] * omega[None, :]
+        parts += [angle.sin(), angle.cos()]
+    return torch.cat(parts, dim=1).float()
+
+
+@torch.no_grad()
+def init_sincos_positions(tower: DualVisionTower, grid: int, which: tuple[str, ...] = ("clip", "dino")) -> None:
+    """Give the towers' patch position embeddings 2-D sine-cosine values (CLS rows keep theirs).
+
+    For towers trained from random init (the ``tiny`` preset): transformers initialises position embeddings
+    with std 0.02, about a tenth of a patch's own embedding, so a random tower starts nearly blind to where a
+    patch is and grounding has to learn positions first. Pretrained towers are never touched.
+    """
+    if "clip" in which:
+        clip_pos = tower.clip.embeddings.position_embedding.weight  # (1 + grid^2, C)
+        clip_pos[1:] = sincos_2d(grid, clip_pos.shape[1]).to(clip_pos)
+    if "dino" in which:
+        dino_pos = tower.dino.embeddings.position_embeddings  # (1, 1 + n, C)
+        if dino_pos.shape[1] - 1 != grid * grid:
+            raise ValueError(f"init_sincos_positions: DINOv2 has {dino_pos.shape[1] - 1} patch positions, the "
+                             f"grid {grid}x{grid} needs {grid * grid} (build it at image_size)")
+        dino_pos[0, 1:] = sincos_2d(grid, dino_pos.shape[2]).to(dino_pos)
