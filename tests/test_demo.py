@@ -126,3 +126,30 @@ def test_wall_clock_sums_sessions_and_survives_a_kill(tmp_path: Path) -> None:
     beat = json.loads(path.read_text())["seconds"]
     clock.__exit__()
     assert 0 <= first < 1 and 100.0 < beat <= json.loads(path.read_text())["seconds"] < 101
+
+
+def _shipped() -> list:
+    from model_zoo.registry import SHIPPED_REGISTRY, Registry
+
+    names = [n for n in demo.SHIPPED.values() if n in {e.name for e in Registry.from_file(SHIPPED_REGISTRY).entries()}]
+    reason = "no trained tiny checkpoint shipped yet (`tinygg demo --from-scratch --ship` makes them)"
+    return names or [pytest.param(None, marks=pytest.mark.skip(reason=reason))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _shipped())
+def test_shipped_checkpoint_evaluates_to_the_numbers_on_its_card(name: str, tmp_path: Path) -> None:
+    """The REC test of the from-scratch run, regenerated from its seed, scored on the shipped weights, gives
+    the registry's (and so the card's) numbers."""
+    from model_zoo.registry import SHIPPED_REGISTRY, Registry
+
+    plan = demo.from_scratch_plan(demo.NOMINAL_HOURS)
+    corpus = next(c for c in plan.corpora if c.name == plan.rec_tests[-1])
+    folder = demo.make_corpus(corpus, tmp_path / "data", progress=False)
+    specs = demo.split_rec_rows(folder / "test_rec.jsonl", tmp_path / "rows", plan.eval_limit)
+    from tinygg.inference import resolve_model_path
+
+    m = demo.eval_rec(resolve_model_path(name), specs, tmp_path / "eval")
+    card = Registry.from_file(SHIPPED_REGISTRY).get(name).metrics["rec"]
+    for split, v in m["splits"].items():
+        assert v["acc"] == pytest.approx(card[split], abs=1e-9), split

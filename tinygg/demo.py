@@ -406,7 +406,7 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(from_scratch_report(summary))
     if ship_to:
-        ship_checkpoints(stage3, dig_final, out, *ship_to, rec_test=plan.rec_tests[-1])
+        ship_checkpoints(stage3, dig_final, out, *ship_to, rec_specs=specs[plan.rec_tests[-1]])
     return summary
 
 
@@ -441,9 +441,10 @@ def shipped_location() -> tuple[Path, Path]:
 
 
 def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path, dest_root: Path, registry: Path,
-                     rec_test: str = "synth_full_t4") -> None:
+                     rec_specs: list[str] | None = None) -> None:
     """Half-precision copies of both results under ``dest_root``, registered in ``registry`` (inside the
-    model_zoo package they are recorded as ``package://`` paths) with their REC numbers on ``rec_test``."""
+    model_zoo package they are recorded as ``package://`` paths). The copies themselves are evaluated on
+    ``rec_specs`` (the run's REC test rows), so the numbers on their cards are the shipped weights' own."""
     import torch
 
     from model_zoo.add_checkpoint import add
@@ -458,10 +459,14 @@ def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path, dest_root: Pa
         model.to(torch.float16).save_pretrained(dest, safe_serialization=True)
         processor.save_pretrained(dest)
         shutil.copy(run_dir / "report.md", dest / "demo_report.md")
-        rec_json = run_dir / "eval" / ("stage3" if stage == "stage3" else "dig") / f"rec_{rec_test}" / "metrics.json"
+        evals = []
+        if rec_specs:
+            shipped_eval = run_dir / "eval" / f"shipped_{stage}"
+            shutil.rmtree(shipped_eval, ignore_errors=True)
+            eval_rec(dest, rec_specs, shipped_eval)
+            evals = [shipped_eval / "metrics.json"]
         add(name, from_dir=dest, preset="tiny", stage=stage, registry_path=registry, overwrite=True,
-            parent=SHIPPED["stage3"] if stage == "dig" else None, license="apache-2.0",
-            eval_json=[rec_json] if rec_json.exists() else [],
+            parent=SHIPPED["stage3"] if stage == "dig" else None, license="apache-2.0", eval_json=evals,
             description=f"The tiny preset trained from random init on synthetic CLEVR-style data by "
                         f"`tinygg demo --from-scratch` ({stage}); half precision. Report: demo_report.md.")
 
