@@ -612,12 +612,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "run every training stage briefly on fresh data; writes report.md, metrics.json, plots. "
                     "--from-scratch trains those checkpoints from random init (hours; resumable).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="runs/demo", metavar="DIR", help="output folder (a rerun resumes there)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder, a rerun resumes there (default: runs/demo, or runs/demo-from-scratch)")
     p.add_argument("--quick", action="store_true", help="a miniature run (tests; under 2 minutes)")
     p.add_argument("--from-scratch", action="store_true", help="train the tiny checkpoints from random init")
     p.add_argument("--hours", type=float, default=NOMINAL_HOURS, metavar="H",
-                   help="--from-scratch: budget in hours at ~2.2 steps/s; scales every stage's max_steps (the YAMLs' "
-                        "numbers are for 2 h)")
+                   help="--from-scratch: budget in hours; scales every stage's max_steps (the YAMLs' step counts are "
+                        "sized for 2 h on 2 CPU cores)")
     p.add_argument("--ship", action="store_true",
                    help="--from-scratch: copy the results (fp16) into model_zoo/checkpoints and register them")
     p.add_argument("--stage3", default=SHIPPED["stage3"], metavar="MODEL", help="stage-3 checkpoint (dir or zoo name)")
@@ -628,7 +629,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _handler(args: argparse.Namespace) -> int:
     _threads(args.threads)
-    out = Path(args.out)
+    out = Path(args.out or ("runs/demo-from-scratch" if args.from_scratch else "runs/demo"))
     out.mkdir(parents=True, exist_ok=True)
     if args.from_scratch:
         s = from_scratch(out, from_scratch_plan(args.hours), ship_to=shipped_location() if args.ship else None)
