@@ -77,6 +77,13 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert m["dig"]["before"]["n"] == demo.SIZES["quick"].dig_pairs
     assert set(m["brief_training"]) == {"stage1", "stage2", "stage3", "dig reward"}
     assert m["brief_training"]["stage1"]["steps"] == demo.SIZES["quick"].train_steps
+    # the table's model rows reproduce from the per-sample predictions
+    for label, sub in (("TinyGG tiny (stage3)", "stage3"), ("TinyGG tiny (dig)", "dig")):
+        rows = [json.loads(x) for x in (out / "rec" / sub / "predictions.jsonl").read_text().splitlines()]
+        for split in {r["split"] for r in rows}:
+            hits = [r["hit"] for r in rows if r["split"] == split]
+            assert table[label][split] == pytest.approx(sum(hits) / len(hits))
+        assert table[label]["all"] == pytest.approx(sum(r["hit"] for r in rows) / len(rows))
     report = (out / "report.md").read_text()
     assert "constant box" in report and "after DiG" in report
     assert (out / "curves.png").exists() and any((out / "rec" / "stage3" / "vis").iterdir())
