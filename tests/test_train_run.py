@@ -44,6 +44,26 @@ def test_stage_run_loss_falls_and_exports(rec_train_json, tmp_path):
     AutoProcessor.from_pretrained(final)
 
 
+def test_a_half_precision_checkpoint_trains_in_fp32(rec_train_json, tmp_path):
+    """Fine-tuning a fp16 checkpoint (the shipped tiny ones are) keeps fp32 master weights: training the half
+    weights themselves overflowed to NaN within three steps at lr 1e-3 on a CPU."""
+    import math
+
+    from tinygg.build import build_model
+    from tinygg.train.trainer import load_init
+
+    model, processor = build_model("tiny")
+    half = tmp_path / "half"
+    model.to(torch.float16).save_pretrained(half)
+    processor.save_pretrained(half)
+    cfg = _cfg(rec_train_json, tmp_path / "ft", "max_steps=4")
+    cfg.init = str(half)
+    assert {p.dtype for p in load_init(cfg)[0].parameters()} == {torch.float32}
+    run(cfg)
+    losses = [h["loss"] for h in _losses(tmp_path / "ft") if "loss" in h]
+    assert len(losses) == 4 and all(math.isfinite(x) and x > 0 for x in losses)
+
+
 def test_projector_only_changes_no_other_weight(rec_train_json, tmp_path):
     out = tmp_path / "p1"
     final = run(_cfg(rec_train_json, out, "max_steps=3", "freeze.llm=frozen", "freeze.projector=full"))

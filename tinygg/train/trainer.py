@@ -114,7 +114,10 @@ def load_init(cfg: TrainConfig):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = resolve_model_path(cfg.init)
-    return (AutoModelForImageTextToText.from_pretrained(path, use_safetensors=True),
+    # fp32 master weights whatever the checkpoint holds (the shipped ones are fp16): the Trainer's bf16 / fp16
+    # autocast (or DeepSpeed's) runs the half-precision compute; training half weights directly overflows
+    # (a fp16 checkpoint fine-tuned at lr 1e-3 on a CPU hit NaN at step 3) and is slow on a CPU.
+    return (AutoModelForImageTextToText.from_pretrained(path, use_safetensors=True, dtype=torch.float32),
             AutoProcessor.from_pretrained(path))
 
 
