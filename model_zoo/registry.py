@@ -528,12 +528,28 @@ def _header_comment(text: str) -> str:
     return "".join(lines)
 
 
+def _entry_span(text: str, name: str) -> tuple[int, int, str] | None:
+    """Where the block-list item ``- name: NAME`` starts and ends in ``text``, with its indent; ``None`` when
+    it is not written in that plain form (then the caller rewrites the whole file)."""
+    quoted = "|".join(re.escape(q) for q in (name, f"'{name}'", f'"{name}"'))
+    m = re.search(rf"^([ \t]*)- name:[ \t]*(?:{quoted})[ \t]*\n", text, flags=re.MULTILINE)
+    if m is None:
+        return None
+    indent = m.group(1)
+    nxt = re.compile(rf"^(?:{re.escape(indent)}- |\S)", flags=re.MULTILINE).search(text, m.end())
+    end = nxt.start() if nxt else len(text)
+    while end > m.end() and text[end - 1] == "\n" and text[end - 2:end] == "\n\n":
+        end -= 1  # keep the blank line between entries with the next entry
+    return m.start(), end, indent
+
+
 def write_entry(entry: Entry, path: str | Path | None = None, *, overwrite: bool = False) -> Path:
     """Add (or with ``overwrite`` replace) ``entry`` in the registry file ``path`` (default: the user
     registry), keeping the other entries; the file is re-validated before it replaces the old one.
 
-    A new entry is appended to the end of the file, so comments and layout (of the shipped registry,
-    say) survive; replacing an entry rewrites the file, keeping its header comment.
+    A new entry is appended to the end of the file and a replaced one is rewritten in place, so comments and
+    layout (of the shipped registry, say) survive; a file the text edit cannot follow is rewritten whole,
+    keeping its header comment.
     """
     path = Path(path) if path is not None else user_registry_path()
     text = path.read_text(encoding="utf-8") if path.exists() else ""
@@ -550,6 +566,11 @@ def write_entry(entry: Entry, path: str | Path | None = None, *, overwrite: bool
         first_item = re.search(r"^models:[ \t]*\n(?:[ \t]*(?:#.*)?\n)*([ \t]*)- ", text, flags=re.MULTILINE)
         indent = first_item.group(1) if first_item else ""
         new_text = text.rstrip("\n") + "\n\n" + "".join(indent + line for line in item.splitlines(True))
+    elif entry.name in names and (span := _entry_span(text, entry.name)) is not None:
+        # replace the entry's own lines: the other entries keep their layout and comments
+        start, end, indent = span
+        block = "".join(indent + line for line in item.splitlines(True))
+        new_text = text[:start] + block + ("\n" if text[end:].strip() else "") + text[end:].lstrip("\n")
     else:
         data = data if isinstance(data, dict) else {"version": 1}
         models = [m for m in data.get("models") or [] if m.get("name") != entry.name]

@@ -325,7 +325,7 @@ def test_checkpoint_inside_the_package_is_registered_relocatably(tmp_path, monke
     assert raw["source"] == {"kind": "local", "path": "package://checkpoints/tinygg-tiny-demo"}
     reg = load_registry([reg_file])
     assert resolve_model("tinygg-tiny-demo", registry=reg) == ckpt
-    # replacing it rewrites the file but keeps the header comment and the other entries
+    # replacing it edits its own lines only: the other entries keep their layout and comments
     add(
         "tinygg-tiny-demo",
         ckpt,
@@ -336,9 +336,30 @@ def test_checkpoint_inside_the_package_is_registered_relocatably(tmp_path, monke
         progress=False,
     )
     text = reg_file.read_text()
-    assert text.startswith("# TinyGroundingGPT model registry (shipped with the package).")
+    assert text.startswith(shipped_text.rstrip("\n"))
     assert Registry.from_file(reg_file).get("tinygg-tiny-demo").stage == "dig"
     assert len(Registry.from_file(reg_file)) == len(Registry.from_file(SHIPPED_REGISTRY)) + 1
+
+
+def test_replacing_an_entry_in_the_middle_keeps_every_other_line(tmp_path):
+    """An overwritten entry is edited in place: the lines of every other entry, before and after it, and
+    the comments stay byte for byte."""
+    from model_zoo.registry import write_entry
+
+    reg_file = tmp_path / "r.yaml"
+    entries = [_entry(name=n) for n in ("alpha", "beta", "gamma")]
+    for e in entries:
+        write_entry(_load(e).get(e["name"]), reg_file)
+    before = reg_file.read_text().replace("- name: gamma", "# the third one\n- name: gamma")
+    reg_file.write_text(before)
+    middle = _load(dict(entries[1], description="changed")).get("beta")
+    write_entry(middle, reg_file, overwrite=True)
+    after = reg_file.read_text()
+    reg = Registry.from_file(reg_file)
+    assert list(reg.names()) == ["alpha", "beta", "gamma"] and reg.get("beta").description == "changed"
+    a, b = before.split("- name: beta"), after.split("- name: beta")
+    assert a[0] == b[0]  # everything before beta
+    assert a[1][a[1].index("# the third one"):] == b[1][b[1].index("# the third one"):]  # everything after it
 
 
 def _shipped_local_checkpoints() -> list:
