@@ -274,7 +274,8 @@ def as_conversation(samples: list[dict[str, Any]]) -> dict[str, Any]:
     >>> a = {"id": "s_0", "image": "i.png", "conversations": [{"from": "human", "value": "<image>\\nQ1"},
     ...                                                      {"from": "gpt", "value": "A1"}]}
     >>> b = {"id": "s_1", "image": "i.png", "objects": [[1, 2, 3, 4]],
-    ...      "conversations": [{"from": "human", "value": "<image>\\nQ2 <object>"}, {"from": "gpt", "value": "A2"}]}
+    ...      "conversations": [{"from": "human", "value": "<image>\\nQ2 <object>"},
+    ...                        {"from": "gpt", "value": "A2"}]}
     >>> c = as_conversation([a, b])
     >>> [t["value"] for t in c["conversations"]], c["objects"], c["id"]
     (['<image>\\nQ1', 'A1', 'Q2 <object>', 'A2'], [[1, 2, 3, 4]], 's_0+1')
@@ -291,7 +292,8 @@ def as_conversation(samples: list[dict[str, Any]]) -> dict[str, Any]:
         value = human["value"] if k == 0 else human["value"].replace("<image>\n", "", 1)
         turns += [{"from": "human", "value": value}, gpt]
         objects += s.get("objects", [])
-    out: dict[str, Any] = {"id": f"{samples[0]['id']}+{len(samples) - 1}", "image": image, "conversations": turns}
+    out: dict[str, Any] = {"id": f"{samples[0]['id']}+{len(samples) - 1}", "image": image,
+                           "conversations": turns}
     if objects:
         out["objects"] = objects
     return out

@@ -536,11 +536,9 @@ def _entry_span(text: str, name: str) -> tuple[int, int, str] | None:
     if m is None:
         return None
     indent = m.group(1)
-    nxt = re.compile(rf"^(?:{re.escape(indent)}- |\S)", flags=re.MULTILINE).search(text, m.end())
-    end = nxt.start() if nxt else len(text)
-    while end > m.end() and text[end - 1] == "\n" and text[end - 2:end] == "\n\n":
-        end -= 1  # keep the blank line between entries with the next entry
-    return m.start(), end, indent
+    # the entry ends where the next item, a comment at its indent (the next entry's) or a top-level line starts
+    nxt = re.compile(rf"^(?:{re.escape(indent)}(?:- |#)|\S)", flags=re.MULTILINE).search(text, m.end())
+    return m.start(), (nxt.start() if nxt else len(text)), indent
 
 
 def write_entry(entry: Entry, path: str | Path | None = None, *, overwrite: bool = False) -> Path:

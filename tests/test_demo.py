@@ -138,7 +138,8 @@ def test_wall_clock_sums_sessions_and_survives_a_kill(tmp_path: Path) -> None:
 def _shipped() -> list:
     from model_zoo.registry import SHIPPED_REGISTRY, Registry
 
-    names = [n for n in demo.SHIPPED.values() if n in {e.name for e in Registry.from_file(SHIPPED_REGISTRY).entries()}]
+    shipped = {e.name for e in Registry.from_file(SHIPPED_REGISTRY).entries()}
+    names = [n for n in demo.SHIPPED.values() if n in shipped]
     reason = "no trained tiny checkpoint shipped yet (`tinygg demo --from-scratch --ship` makes them)"
     return names or [pytest.param(None, marks=pytest.mark.skip(reason=reason))]
 
@@ -149,13 +150,12 @@ def test_shipped_checkpoint_evaluates_to_the_numbers_on_its_card(name: str, tmp_
     """The REC test of the from-scratch run, regenerated from its seed, scored on the shipped weights, gives
     the registry's (and so the card's) numbers."""
     from model_zoo.registry import SHIPPED_REGISTRY, Registry
+    from tinygg.inference import resolve_model_path
 
     plan = demo.from_scratch_plan(demo.NOMINAL_HOURS)
     corpus = next(c for c in plan.corpora if c.name == plan.rec_tests[-1])
     folder = demo.make_corpus(corpus, tmp_path / "data", progress=False)
     specs = demo.split_rec_rows(folder / "test_rec.jsonl", tmp_path / "rows", plan.eval_limit)
-    from tinygg.inference import resolve_model_path
-
     m = demo.eval_rec(resolve_model_path(name), specs, tmp_path / "eval")
     card = Registry.from_file(SHIPPED_REGISTRY).get(name).metrics["rec"]
     for split, v in m["splits"].items():

@@ -164,7 +164,8 @@ def test_multi_turn_conversations_keep_every_question_and_encode(tmp_path: Path)
     from tinygg.build import build_model
     from tinygg.data.dataset import DataSource, SupervisedDataset, mix
 
-    kw = dict(n=8, size=(W, H), min_objects=2, max_objects=4, per_image=2, seed=5, val_fraction=0, test_fraction=0)
+    kw = dict(n=8, size=(W, H), min_objects=2, max_objects=4, per_image=2, seed=5, val_fraction=0,
+              test_fraction=0)
     generate_synth(SynthConfig(out=tmp_path / "one", **kw), progress=False)
     generate_synth(SynthConfig(out=tmp_path / "multi", turns=3, **kw), progress=False)
     single = json.loads((tmp_path / "one" / "train.json").read_text())
@@ -197,8 +198,8 @@ def test_multi_turn_conversations_keep_every_question_and_encode(tmp_path: Path)
 def test_a_conversation_never_asks_about_one_object_twice(tmp_path: Path) -> None:
     """An earlier turn must not hold a later turn's answer (the region of 'what is in [box]' is the answer to
     'where is the blue cube'): every box in a conversation's text appears in one turn only."""
-    generate_synth(SynthConfig(out=tmp_path, n=12, size=(W, H), min_objects=2, max_objects=4, per_image=2, turns=4,
-                               tasks=("text2box", "box2text", "object2box"), seed=7), progress=False)
+    generate_synth(SynthConfig(out=tmp_path, n=12, size=(W, H), min_objects=2, max_objects=4, per_image=2,
+                               turns=4, tasks=("text2box", "box2text", "object2box"), seed=7), progress=False)
     for split in ("train", "val", "test"):
         for s in json.loads((tmp_path / f"{split}.json").read_text()):
             seen: list[str] = []

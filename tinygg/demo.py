@@ -90,17 +90,20 @@ def from_scratch_plan(hours: float) -> Plan:
     return Plan(
         corpora=[
             Corpus("synth_single", 6000, 1, 1, ("object2box", "text2box"), False, seed=1),
-            Corpus("synth_attr_t4", 6000, 2, 4, ("text2box", "object2box", "box2text"), False, seed=2, turns=4),
-            Corpus("synth_full_t4", 6000, 2, 6, ("text2box", "box2text", "object2box", "text2object"), True, seed=3,
+            Corpus("synth_attr_t4", 6000, 2, 4, ("text2box", "object2box", "box2text"), False, seed=2,
                    turns=4),
+            Corpus("synth_full_t4", 6000, 2, 6, ("text2box", "box2text", "object2box", "text2object"), True,
+                   seed=3, turns=4),
         ],
         pair_sets={"dig_single": ("single", 1000, 1), "dig_dual": ("dual", 1000, 2),
                    "dig_mixed": ("mixed", 800, 3), "dig_test": ("mixed", 200, 4)},
         sft_pairs=("dig_single", "dig_dual"),
         stages=[
             SftStage("stage1", "stage1.yaml", (("synth_single/train.json", 1.0),)),
-            SftStage("stage2", "stage2.yaml", (("synth_attr_t4/train.json", 1.0), ("synth_single/train.json", 0.2))),
-            SftStage("stage3", "stage3.yaml", (("synth_full_t4/train.json", 1.0), ("synth_attr_t4/train.json", 0.5),
+            SftStage("stage2", "stage2.yaml", (("synth_attr_t4/train.json", 1.0),
+                                               ("synth_single/train.json", 0.2))),
+            SftStage("stage3", "stage3.yaml", (("synth_full_t4/train.json", 1.0),
+                                               ("synth_attr_t4/train.json", 0.5),
                                                ("dig_sft.json", 1.0))),
         ],
         rec_tests=("synth_single", "synth_attr_t4", "synth_full_t4"),
@@ -115,14 +118,13 @@ def make_corpus(c: Corpus, out: Path, progress: bool = True) -> Path:
 
     folder = out / c.name
     info = folder / "synth_info.json"
-    cfg = SynthConfig(out=folder, n=c.n, min_objects=c.min_objects, max_objects=c.max_objects, tasks=c.tasks,
-                      relations=c.relations, seed=c.seed, val_fraction=c.val_fraction, test_fraction=c.test_fraction,
-                      turns=c.turns)
     if info.exists():
         made = json.loads(info.read_text())["config"]
         if (made["n"], made.get("turns", 1), made["seed"]) == (c.n, c.turns, c.seed):
             return folder
-    generate_synth(cfg, progress=progress)
+    generate_synth(SynthConfig(out=folder, n=c.n, min_objects=c.min_objects, max_objects=c.max_objects,
+                               tasks=c.tasks, relations=c.relations, seed=c.seed, val_fraction=c.val_fraction,
+                               test_fraction=c.test_fraction, turns=c.turns), progress=progress)
     return folder
 
 
@@ -613,12 +615,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "--from-scratch trains those checkpoints from random init (hours; resumable).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="output folder, a rerun resumes there (default: runs/demo, or runs/demo-from-scratch)")
+                   help="output folder, a rerun resumes there (default: runs/demo; runs/demo-from-scratch with "
+                        "--from-scratch)")
     p.add_argument("--quick", action="store_true", help="a miniature run (tests; under 2 minutes)")
     p.add_argument("--from-scratch", action="store_true", help="train the tiny checkpoints from random init")
     p.add_argument("--hours", type=float, default=NOMINAL_HOURS, metavar="H",
-                   help="--from-scratch: budget in hours; scales every stage's max_steps (the YAMLs' step counts are "
-                        "sized for 2 h on 2 CPU cores)")
+                   help="--from-scratch: budget in hours; scales every stage's max_steps (the YAMLs' step counts "
+                        "are sized for 2 h on 2 CPU cores)")
     p.add_argument("--ship", action="store_true",
                    help="--from-scratch: copy the results (fp16) into model_zoo/checkpoints and register them")
     p.add_argument("--stage3", default=SHIPPED["stage3"], metavar="MODEL", help="stage-3 checkpoint (dir or zoo name)")

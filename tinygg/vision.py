@@ -73,7 +73,8 @@ def sincos_2d(grid: int, dim: int, temperature: float = 100.0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_sincos_positions(tower: DualVisionTower, grid: int, which: tuple[str, ...] = ("clip", "dino")) -> None:
+def init_sincos_positions(tower: DualVisionTower, grid: int,
+                          which: tuple[str, ...] = ("clip", "dino")) -> None:
     """Give the towers' patch position embeddings 2-D sine-cosine values (CLS rows keep theirs).
 
     For towers trained from random init (the ``tiny`` preset): transformers initialises position embeddings
@@ -86,6 +87,6 @@ def init_sincos_positions(tower: DualVisionTower, grid: int, which: tuple[str, .
     if "dino" in which:
         dino_pos = tower.dino.embeddings.position_embeddings  # (1, 1 + n, C)
         if dino_pos.shape[1] - 1 != grid * grid:
-            raise ValueError(f"init_sincos_positions: DINOv2 has {dino_pos.shape[1] - 1} patch positions, the "
-                             f"grid {grid}x{grid} needs {grid * grid} (build it at image_size)")
+            raise ValueError(f"init_sincos_positions: DINOv2 has {dino_pos.shape[1] - 1} patch positions, "
+                             f"the grid {grid}x{grid} needs {grid * grid} (build it at image_size)")
         dino_pos[0, 1:] = sincos_2d(grid, dino_pos.shape[2]).to(dino_pos)
