@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "scripts" / "configs" / "demo"
 SHIPPED = {"stage3": "tinygg-tiny-stage3", "dig": "tinygg-tiny-dig"}
-NOMINAL_HOURS = 2.0  # the YAMLs' 16000 SFT steps take about this at ~2.2 steps/s (3-3.7 alone, 1.4-2 shared)
+NOMINAL_HOURS = 2.0  # the YAMLs' 14500 SFT + 300 GRPO steps and the evaluations take about this on 2 cores
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -85,8 +85,9 @@ class Plan:
 
 def from_scratch_plan(hours: float) -> Plan:
     """The run that trains the shipped checkpoints (docs/demo_recipe.md says why each choice): single-object
-    localisation first, then multi-object attribute REC, then everything with relations and the DiG question;
-    the multi-object corpora ask up to four questions per image in one conversation."""
+    localisation first (the longest stage), then multi-object attribute REC, then everything with relations and
+    the DiG question, each later stage replaying single-object data; the multi-object corpora ask up to four
+    questions per image in one conversation."""
     return Plan(
         corpora=[
             Corpus("synth_single", 6000, 1, 1, ("object2box", "text2box"), False, seed=1),
@@ -101,9 +102,10 @@ def from_scratch_plan(hours: float) -> Plan:
         stages=[
             SftStage("stage1", "stage1.yaml", (("synth_single/train.json", 1.0),)),
             SftStage("stage2", "stage2.yaml", (("synth_attr_t4/train.json", 1.0),
-                                               ("synth_single/train.json", 0.2))),
+                                               ("synth_single/train.json", 0.5))),
             SftStage("stage3", "stage3.yaml", (("synth_full_t4/train.json", 1.0),
                                                ("synth_attr_t4/train.json", 0.5),
+                                               ("synth_single/train.json", 0.3),
                                                ("dig_sft.json", 1.0))),
         ],
         rec_tests=("synth_single", "synth_attr_t4", "synth_full_t4"),
