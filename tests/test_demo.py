@@ -54,6 +54,9 @@ def test_rec_rows_split_by_relation(tmp_path: Path) -> None:
     assert [s.rsplit(":", 1)[1] for s in specs] == ["attributes", "relations"]
     rel = json.loads((tmp_path / "out" / "relations.jsonl").read_text())
     assert rel["expression"].endswith("red sphere") and Path(rel["img_path"]).is_absolute()
+    (one,) = demo.split_rec_rows(tmp_path / "test_rec.jsonl", tmp_path / "out", split="single object")
+    assert one.rsplit(":", 1)[1] == "single object"
+    assert len((tmp_path / "out" / "single_object.jsonl").read_text().splitlines()) == 2
 
 
 @pytest.mark.slow
@@ -77,13 +80,19 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert m["dig"]["before"]["n"] == demo.SIZES["quick"].dig_pairs
     assert set(m["brief_training"]) == {"stage1", "stage2", "stage3", "dig reward"}
     assert m["brief_training"]["stage1"]["steps"] == demo.SIZES["quick"].train_steps
-    # the table's model rows reproduce from the per-sample predictions
+    # the table's model rows reproduce from the per-sample predictions; `all` counts the multi-object rows only
     for label, sub in (("TinyGG tiny (stage3)", "stage3"), ("TinyGG tiny (dig)", "dig")):
         rows = [json.loads(x) for x in (out / "rec" / sub / "predictions.jsonl").read_text().splitlines()]
+        assert demo.SINGLE_OBJECT not in {r["split"] for r in rows}
         for split in {r["split"] for r in rows}:
             hits = [r["hit"] for r in rows if r["split"] == split]
             assert table[label][split] == pytest.approx(sum(hits) / len(hits))
         assert table[label]["all"] == pytest.approx(sum(r["hit"] for r in rows) / len(rows))
+        single = [json.loads(x) for x in (out / "rec_single" / sub / "predictions.jsonl").read_text().splitlines()]
+        assert single and {r["split"] for r in single} == {demo.SINGLE_OBJECT}
+        assert table[label][demo.SINGLE_OBJECT] == pytest.approx(sum(r["hit"] for r in single) / len(single))
+    # on one-object scenes the "random object" is the target itself
+    assert table["random object"][demo.SINGLE_OBJECT] == 1.0
     report = (out / "report.md").read_text()
     assert "constant box" in report and "after DiG" in report
     assert (out / "curves.png").exists() and any((out / "rec" / "stage3" / "vis").iterdir())

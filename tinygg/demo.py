@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "scripts" / "configs" / "demo"
 SHIPPED = {"stage3": "tinygg-tiny-stage3", "dig": "tinygg-tiny-dig"}
+SINGLE_OBJECT = "single object"  # the default demo's extra REC test: scenes of one object
 NOMINAL_HOURS = 2.0  # the YAMLs' 14500 SFT + 300 GRPO steps and the evaluations take about this on 2 cores
 
 
@@ -160,24 +161,26 @@ def pairs_to_samples(pairs_file: Path, out_file: Path) -> Path:
     return out_file
 
 
-def split_rec_rows(test_rec: Path, out_dir: Path, limit: int | None = None) -> list[str]:
+def split_rec_rows(test_rec: Path, out_dir: Path, limit: int | None = None, split: str | None = None) -> list[str]:
     """The REC test rows in two files, expressions with and without a spatial relation; data specs for
-    :func:`tinygg.evaluate.sources.load_rec_data` (split names ``attributes`` / ``relations``)."""
+    :func:`tinygg.evaluate.sources.load_rec_data` (split names ``attributes`` / ``relations``), or every row in
+    one file when ``split`` names it."""
     from dig.synth import RELATIONS
 
     rows = [json.loads(line) for line in test_rec.read_text().splitlines() if line.strip()]
     root = test_rec.parent.resolve()
-    groups: dict[str, list[dict]] = {"attributes": [], "relations": []}
+    groups: dict[str, list[dict]] = {split: []} if split else {"attributes": [], "relations": []}
     for r in rows:
         rel = any(f" {phrase} the " in r["expression"] for phrase in RELATIONS.values())
-        groups["relations" if rel else "attributes"].append(dict(r, img_path=str(root / r["img_path"])))
+        name = split or ("relations" if rel else "attributes")
+        groups[name].append(dict(r, img_path=str(root / r["img_path"])))
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = []
     for name, group in groups.items():
         if not group:
             continue
         group = group[:limit] if limit else group
-        path = out_dir / f"{name}.jsonl"
+        path = out_dir / f"{name.replace(' ', '_')}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in group))
         specs.append(f"jsonl:{path}:{name}")
     return specs
@@ -504,6 +507,9 @@ def default_demo(out: Path, stage3: str, dig_model: str, size: DemoSize, progres
     corpus = make_corpus(Corpus("fresh", size.scenes, 2, 6, TASKS, True, seed=1001, test_fraction=0.6), data,
                          progress)
     specs = split_rec_rows(corpus / "test_rec.jsonl", out / "rec_data", size.rec_limit)
+    single = make_corpus(Corpus("fresh_single", size.scenes, 1, 1, ("text2box",), False, seed=1003,
+                                test_fraction=0.6), data, progress)
+    single_specs = split_rec_rows(single / "test_rec.jsonl", out / "rec_data", size.rec_limit, split=SINGLE_OBJECT)
     test_pairs = make_pairs("dig_test", "mixed", size.dig_pairs, 1001, data, progress)
     train_pairs = make_pairs("dig_train", "single", max(2, size.dig_pairs // 2), 1002, data, progress)
     pairs_to_samples(train_pairs, data / "dig_sft.json")
@@ -512,22 +518,28 @@ def default_demo(out: Path, stage3: str, dig_model: str, size: DemoSize, progres
     # --- REC: the two shipped models and the two baselines
     rec = {"stage3": eval_rec(stage3_dir, specs, out / "rec" / "stage3", vis=6),
            "dig": eval_rec(dig_dir, specs, out / "rec" / "dig")}
+    rec_single = {"stage3": eval_rec(stage3_dir, single_specs, out / "rec_single" / "stage3", vis=4),
+                  "dig": eval_rec(dig_dir, single_specs, out / "rec_single" / "dig")}
     samples, _ = load_rec_data(specs)
+    single_samples, _ = load_rec_data(single_specs)
     info = json.loads((corpus / "synth_info.json").read_text())
     size_wh = tuple(info["config"]["size"])
     train_boxes = np.array([box for boxes in scene_boxes(corpus, "train").values() for box in boxes], float)
     const = best_constant_box(train_boxes, size_wh) if len(train_boxes) else [0, 0, size_wh[0], size_wh[1]]
-    objects = scene_boxes(corpus, "test")
+    objects = scene_boxes(corpus, "test") | scene_boxes(single, "test")
     rng = random.Random(0)
     base = {"constant box": lambda s: const,
             "random object": lambda s: rng.choice(objects.get(str(Path(s.image_path).resolve()), [const]))}
     table: dict[str, dict[str, float | None]] = {}
     for label, fn in base.items():
         table[label] = accuracy_by_split(samples, baseline_hits(samples, fn))
+        table[label][SINGLE_OBJECT] = float(np.mean(baseline_hits(single_samples, fn)))
     for label, m in rec.items():
-        table[f"TinyGG tiny ({label})"] = rec_row_accuracies(m)
-    metrics["rec"] = {"table": table, "constant_box": const, "n": {sp: sum(s.split == sp for s in samples)
-                                                                    for sp in sorted({s.split for s in samples})}}
+        table[f"TinyGG tiny ({label})"] = rec_row_accuracies(m) | {
+            SINGLE_OBJECT: rec_single[label]["splits"][SINGLE_OBJECT]["acc"]}
+    every = samples + single_samples
+    metrics["rec"] = {"table": table, "constant_box": const, "n": {sp: sum(s.split == sp for s in every)
+                                                                    for sp in sorted({s.split for s in every})}}
     # --- DiG before / after
     before = eval_dig(stage3_dir, test_pairs, out / "dig_eval" / "before", vis=4)
     after = eval_dig(dig_dir, test_pairs, out / "dig_eval" / "after", vis=4)
@@ -582,18 +594,23 @@ def _plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None
 
 def default_report(m: dict[str, Any], out: Path) -> str:
     table = m["rec"]["table"]
-    cols = sorted({k for row in table.values() for k in row if k != "all"}) + ["all"]
+    split_cols = sorted({k for row in table.values() for k in row if k not in ("all", SINGLE_OBJECT)})
+    cols = split_cols + ["all"] + [SINGLE_OBJECT] * any(SINGLE_OBJECT in row for row in table.values())
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.2f}"
 
     width = max(len(k) for k in table)
-    header = [f"{'Model':<{width}} | " + " | ".join(f"{c:>10}" for c in cols),
-              "-" * width + "-+-" + "-+-".join("-" * 10 for _ in cols)]
-    body = [f"{label:<{width}} | " + " | ".join(f"{pct(row.get(c)):>10}" for c in cols) for label, row in table.items()]
+    cw = {c: max(10, len(c)) for c in cols}
+    header = [f"{'Model':<{width}} | " + " | ".join(f"{c:>{cw[c]}}" for c in cols),
+              "-" * width + "-+-" + "-+-".join("-" * cw[c] for c in cols)]
+    body = [f"{label:<{width}} | " + " | ".join(f"{pct(row.get(c)):>{cw[c]}}" for c in cols)
+            for label, row in table.items()]
     b, a = m["dig"]["before"], m["dig"]["after"]
     lines = ["# tinygg demo", "", f"Models: stage 3 `{m['models']['stage3']}`, DiG `{m['models']['dig']}`.", "",
              "## REC (paper Table 1 layout, held-out synthetic scenes)", "", "```", *header, *body, "```", "",
+             (f"Scenes of 2-6 objects; `all` counts their rows, `{SINGLE_OBJECT}` is a separate test of scenes with "
+              "one object (finding it is the whole task, so the random object is the target there)."),
              f"Rows per split: {m['rec']['n']}. Constant box (fit on the training scenes): {m['rec']['constant_box']}.",
              "", "## DiG (held-out mixed pairs)", "", "| model | F1 | precision | recall | mean IoU |",
              "|---|---|---|---|---|"]
