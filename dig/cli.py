@@ -127,8 +127,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     cfg = SynthConfig(out=args.out, n=args.n, size=args.size, min_objects=args.min_objects,
                       max_objects=args.max_objects, tasks=tuple(t for t in args.tasks.split(",") if t),
                       per_image=args.per_image, turns=args.turns, relations=not args.no_relations,
-                      val_fraction=args.val_fraction,
-                      test_fraction=args.test_fraction, seed=args.seed)
+                      val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
     counts = generate_synth(cfg, progress=not args.no_progress)
     for name, count in counts.items():
         print(f"{name}: {count}")

@@ -171,8 +171,8 @@ def split_rec_rows(test_rec: Path, out_dir: Path, limit: int | None = None, spli
     root = test_rec.parent.resolve()
     groups: dict[str, list[dict]] = {split: []} if split else {"attributes": [], "relations": []}
     for r in rows:
-        rel = any(f" {phrase} the " in r["expression"] for phrase in RELATIONS.values())
-        name = split or ("relations" if rel else "attributes")
+        name = split or ("relations" if any(f" {phrase} the " in r["expression"] for phrase in RELATIONS.values())
+                         else "attributes")
         groups[name].append(dict(r, img_path=str(root / r["img_path"])))
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = []
@@ -533,10 +533,11 @@ def default_demo(out: Path, stage3: str, dig_model: str, size: DemoSize, progres
     table: dict[str, dict[str, float | None]] = {}
     for label, fn in base.items():
         table[label] = accuracy_by_split(samples, baseline_hits(samples, fn))
-        table[label][SINGLE_OBJECT] = float(np.mean(baseline_hits(single_samples, fn)))
+        single_hits = baseline_hits(single_samples, fn)
+        table[label][SINGLE_OBJECT] = accuracy_by_split(single_samples, single_hits)[SINGLE_OBJECT]
     for label, m in rec.items():
         table[f"TinyGG tiny ({label})"] = rec_row_accuracies(m) | {
-            SINGLE_OBJECT: rec_single[label]["splits"][SINGLE_OBJECT]["acc"]}
+            SINGLE_OBJECT: rec_row_accuracies(rec_single[label])[SINGLE_OBJECT]}
     every = samples + single_samples
     metrics["rec"] = {"table": table, "constant_box": const, "n": {sp: sum(s.split == sp for s in every)
                                                                     for sp in sorted({s.split for s in every})}}
@@ -595,7 +596,7 @@ def _plot_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> None
 def default_report(m: dict[str, Any], out: Path) -> str:
     table = m["rec"]["table"]
     split_cols = sorted({k for row in table.values() for k in row if k not in ("all", SINGLE_OBJECT)})
-    cols = split_cols + ["all"] + [SINGLE_OBJECT] * any(SINGLE_OBJECT in row for row in table.values())
+    cols = split_cols + ["all"] + ([SINGLE_OBJECT] if any(SINGLE_OBJECT in row for row in table.values()) else [])
 
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.2f}"
