@@ -8,6 +8,10 @@ Tasks (the paper's fine-grained grounding tasks, section 3.2), one sample each:
   this corpus scored 20% Acc@0.5 with the evaluation prompt against 55% with the training prompt when the
   two differed by a final full stop)
 * ``box2text``: "What object is in the region [..]?" -> "a small red metal cube"
+* ``box2attr``: "What color is the object in the region [..]?" -> "red" (one attribute per question, size,
+  colour, material or shape at random): the whole answer is the attribute, so its gradient is not shared
+  with the rest of a description; the tiny model learns to see colours from this task and not from box2text
+  (docs/demo_recipe.md, section 8)
 * ``object2box``: "Where is <object> in the image? ..." (``objects`` holds the crop's pixel box) -> box
 * ``text2object``: "Which option is the cube left of the blue sphere? (A) <object> (B) <object> ..." -> "(B)"
 
@@ -47,7 +51,7 @@ from tinygg.evaluate.rec import DEFAULT_PROMPT, make_prompt
 
 logger = logging.getLogger(__name__)
 
-TASKS: tuple[str, ...] = ("text2box", "box2text", "object2box", "text2object")
+TASKS: tuple[str, ...] = ("text2box", "box2text", "object2box", "text2object", "box2attr")
 RELATIONS: dict[str, str] = {"left": "left of", "right": "right of", "front": "in front of", "behind": "behind"}
 _WORD_ORDER = ("size", "color", "material", "shape")
 _OPTION_LETTERS = "ABCD"
@@ -212,6 +216,11 @@ def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg
                 objects: list[list[int]] = []
             elif task == "box2text":
                 turns = [f"<image>\nWhat object is in the region {box_text(i)}?", f"a {scene.objects[i].describe()}"]
+                objects = []
+            elif task == "box2attr":
+                attr = _WORD_ORDER[int(rng.integers(len(_WORD_ORDER)))]
+                turns = [f"<image>\nWhat {attr} is the object in the region {box_text(i)}?",
+                         str(getattr(scene.objects[i], attr))]
                 objects = []
             elif task == "object2box":
                 turns = ["<image>\nWhere is <object> in the image? Output its coordinate.", box_text(i)]

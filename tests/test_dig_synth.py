@@ -65,6 +65,7 @@ def _scenes(out: Path) -> dict[str, dict]:
 def test_expressions_are_unique_and_boxes_are_their_objects(corpus: Path) -> None:
     scenes = _scenes(corpus)
     relational = 0
+    attributes_asked: set[str] = set()
     masks: dict[str, np.ndarray] = {}
     for split in ("train", "val", "test"):
         for s in json.loads((corpus / f"{split}.json").read_text()):
@@ -94,7 +95,15 @@ def test_expressions_are_unique_and_boxes_are_their_objects(corpus: Path) -> Non
                 hits = [i for i in range(len(scene)) if mask_box(mask, i + 1) is not None and
                         np.abs(box - mask_box(mask, i + 1)).max() <= 0.001 * W + 1e-9]
                 assert gpt == f"a {scene.objects[hits[0]].describe()}"
+            m = re.match(r"<image>\nWhat (size|color|material|shape) is the object in the region (\[.*\])\?$", human)
+            if m:
+                box = square_to_pixel(parse_boxes(m.group(2))[0], W, H)
+                hits = [i for i in range(len(scene)) if mask_box(mask, i + 1) is not None and
+                        np.abs(box - mask_box(mask, i + 1)).max() <= 0.001 * W + 1e-9]
+                assert gpt == getattr(scene.objects[hits[0]], m.group(1))
+                attributes_asked.add(m.group(1))
     assert relational > 0
+    assert attributes_asked == {"size", "color", "material", "shape"}  # box2attr asks about each attribute
 
 
 def test_rec_file_rows_are_unique_expressions_inside_the_image(corpus: Path) -> None:
