@@ -10,8 +10,8 @@ Tasks (the paper's fine-grained grounding tasks, section 3.2), one sample each:
 * ``box2text``: "What object is in the region [..]?" -> "a small red metal cube"
 * ``box2attr``: "What color is the object in the region [..]?" -> "red" (one attribute per question, size,
   colour, material or shape at random): the whole answer is the attribute, so its gradient is not shared
-  with the rest of a description; the tiny model learns to see colours from this task and not from box2text
-  (docs/demo_recipe.md, section 8)
+  with the rest of a description (docs/demo_recipe.md section 8: a colour-only question taught the tiny model
+  colour where box2text did not; this boxed form has not been trained on yet)
 * ``object2box``: "Where is <object> in the image? ..." (``objects`` holds the crop's pixel box) -> box
 * ``text2object``: "Which option is the cube left of the blue sphere? (A) <object> (B) <object> ..." -> "(B)"
 
@@ -220,7 +220,7 @@ def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg
             elif task == "box2attr":
                 attr = _WORD_ORDER[int(rng.integers(len(_WORD_ORDER)))]
                 turns = [f"<image>\nWhat {attr} is the object in the region {box_text(i)}?",
-                         str(getattr(scene.objects[i], attr))]
+                         getattr(scene.objects[i], attr)]
                 objects = []
             elif task == "object2box":
                 turns = ["<image>\nWhere is <object> in the image? Output its coordinate.", box_text(i)]

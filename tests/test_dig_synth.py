@@ -62,6 +62,14 @@ def _scenes(out: Path) -> dict[str, dict]:
     return {r["image"]: r for r in map(json.loads, (out / "scenes.jsonl").read_text().splitlines())}
 
 
+def _object_in_box(text: str, scene: Scene, mask: np.ndarray) -> int:
+    """Index of the object whose mask box is the first box written in ``text``."""
+    box = square_to_pixel(parse_boxes(text)[0], W, H)
+    hits = [i for i in range(len(scene)) if mask_box(mask, i + 1) is not None and
+            np.abs(box - mask_box(mask, i + 1)).max() <= 0.001 * W + 1e-9]
+    return hits[0]
+
+
 def test_expressions_are_unique_and_boxes_are_their_objects(corpus: Path) -> None:
     scenes = _scenes(corpus)
     relational = 0
@@ -91,16 +99,10 @@ def test_expressions_are_unique_and_boxes_are_their_objects(corpus: Path) -> Non
                 letter = "ABCD".index(gpt.strip("()"))
                 assert s["objects"][letter] == mask_box(mask, target + 1)
             if "What object is in the region" in human:
-                box = square_to_pixel(parse_boxes(human)[0], W, H)
-                hits = [i for i in range(len(scene)) if mask_box(mask, i + 1) is not None and
-                        np.abs(box - mask_box(mask, i + 1)).max() <= 0.001 * W + 1e-9]
-                assert gpt == f"a {scene.objects[hits[0]].describe()}"
+                assert gpt == f"a {scene.objects[_object_in_box(human, scene, mask)].describe()}"
             m = re.match(r"<image>\nWhat (size|color|material|shape) is the object in the region (\[.*\])\?$", human)
             if m:
-                box = square_to_pixel(parse_boxes(m.group(2))[0], W, H)
-                hits = [i for i in range(len(scene)) if mask_box(mask, i + 1) is not None and
-                        np.abs(box - mask_box(mask, i + 1)).max() <= 0.001 * W + 1e-9]
-                assert gpt == getattr(scene.objects[hits[0]], m.group(1))
+                assert gpt == getattr(scene.objects[_object_in_box(m.group(2), scene, mask)], m.group(1))
                 attributes_asked.add(m.group(1))
     assert relational > 0
     assert attributes_asked == {"size", "color", "material", "shape"}  # box2attr asks about each attribute
