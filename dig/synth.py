@@ -11,7 +11,7 @@ Tasks (the paper's fine-grained grounding tasks, section 3.2), one sample each:
 * ``box2attr``: "What color is the object in the region [..]?" -> "red" (one attribute per question, size,
   colour, material or shape at random): the whole answer is the attribute, so its gradient is not shared
   with the rest of a description (docs/demo_recipe.md section 8: a colour-only question taught the tiny model
-  colour where box2text did not; this boxed form has not been trained on yet)
+  colour with one of two data orders, box2text never did; this boxed form has not been trained on yet)
 * ``object2box``: "Where is <object> in the image? ..." (``objects`` holds the crop's pixel box) -> box
 * ``text2object``: "Which option is the cube left of the blue sphere? (A) <object> (B) <object> ..." -> "(B)"
 
