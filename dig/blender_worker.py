@@ -132,13 +132,14 @@ class BlenderScene:
         from mathutils import Matrix
 
         cam_data = bpy.data.cameras.new("Camera")
-        cam_data.lens = P.CAMERA_LENS_MM
+        cam_data.lens = P.CAMERA_LENS_MM  # times each scene's zoom, set in place()
         cam_data.sensor_width = P.CAMERA_SENSOR_WIDTH_MM
         cam_data.sensor_fit = "HORIZONTAL"
         cam = bpy.data.objects.new("Camera", cam_data)
         cam.matrix_world = Matrix(camera_to_world().tolist())
         self.scene.collection.objects.link(cam)
         self.scene.camera = cam
+        self.camera_data = cam_data
         self.lights = []
         for name, (loc, power, size) in P.LIGHTS.items():
             data = bpy.data.lights.new(name, type="AREA")
@@ -205,6 +206,7 @@ class BlenderScene:
         for obj in self.instances:
             bpy.data.objects.remove(obj, do_unlink=True)
         self.instances = []
+        self.camera_data.lens = P.CAMERA_LENS_MM * scene.zoom
         for i, o in enumerate(scene.objects):
             inst = bpy.data.objects.new(f"obj{i}", self.meshes[o.shape])
             half = o.half_extent

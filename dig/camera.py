@@ -34,9 +34,10 @@ def camera_to_world() -> np.ndarray:
     return look_at(P.CAMERA_LOCATION, P.CAMERA_TARGET)
 
 
-def focal_pixels(width: int) -> float:
-    """Focal length in pixels for an image ``width`` pixels wide (horizontal sensor fit)."""
-    return P.CAMERA_LENS_MM / P.CAMERA_SENSOR_WIDTH_MM * width
+def focal_pixels(width: int, zoom: float = 1.0) -> float:
+    """Focal length in pixels for an image ``width`` pixels wide (horizontal sensor fit) at a lens of
+    ``zoom`` times CAMERA_LENS_MM."""
+    return P.CAMERA_LENS_MM * zoom / P.CAMERA_SENSOR_WIDTH_MM * width
 
 
 @lru_cache(maxsize=1)
@@ -56,32 +57,32 @@ def ground_directions() -> dict[str, np.ndarray]:
     return out
 
 
-def project(points: np.ndarray, width: int, height: int) -> np.ndarray:
+def project(points: np.ndarray, width: int, height: int, zoom: float = 1.0) -> np.ndarray:
     """World points (N, 3) -> pixel coordinates (N, 2) (continuous, pixel edges at integers)."""
     m = camera_to_world()
     rot, loc = m[:3, :3], m[:3, 3]
     cam = (np.asarray(points, dtype=np.float64) - loc) @ rot  # (N, 3) in camera axes
-    f = focal_pixels(width)
+    f = focal_pixels(width, zoom)
     depth = -cam[:, 2]
     u = width / 2.0 + f * cam[:, 0] / depth
     v = height / 2.0 - f * cam[:, 1] / depth
     return np.stack([u, v], axis=1)
 
 
-def projected_box(points: np.ndarray, width: int, height: int) -> list[float]:
+def projected_box(points: np.ndarray, width: int, height: int, zoom: float = 1.0) -> list[float]:
     """Box around the projections of 3-D ``points`` (N, 3), clipped to the image: the loose, occlusion-blind
     box that projecting bounding-box corners gives (compare with the tight mask boxes)."""
-    uv = project(points, width, height)
+    uv = project(points, width, height, zoom)
     x1, y1 = np.clip(uv.min(axis=0), 0, [width, height])
     x2, y2 = np.clip(uv.max(axis=0), 0, [width, height])
     return [float(x1), float(y1), float(x2), float(y2)]
 
 
 @lru_cache(maxsize=8)
-def pixel_rays(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_rays(width: int, height: int, zoom: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Origin (3,) and unit directions (H, W, 3) of the rays through every pixel centre."""
     m = camera_to_world()
-    f = focal_pixels(width)
+    f = focal_pixels(width, zoom)
     u = (np.arange(width) + 0.5 - width / 2.0) / f
     v = -(np.arange(height) + 0.5 - height / 2.0) / f
     uu, vv = np.meshgrid(u, v)  # (H, W)

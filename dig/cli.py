@@ -41,6 +41,12 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def _add_zoom(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--zoom", type=float, default=1.0, metavar="Z",
+                   help="camera zoom: Z times the lens, positions within 1/Z of CLEVR's range, so objects look "
+                        "Z times larger (default: 1, CLEVR's framing; the CPU demo uses 2)")
+
+
 def register_dig(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "generate", help="render DiG image pairs with K differences (pairs.jsonl + images)",
@@ -67,6 +73,11 @@ def register_dig(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--zero-diff-fraction", type=float, default=0.0, metavar="F",
                    help="share of pairs with no difference, whose answer is [] (default: 0)")
     p.add_argument("--max-differences", type=int, default=4, metavar="K", help="mixed: at most this many (default: 4)")
+    p.add_argument("--min-objects", type=int, default=P.MIN_OBJECTS, metavar="K",
+                   help=f"objects in scene A, at least (default: {P.MIN_OBJECTS})")
+    p.add_argument("--max-objects", type=int, default=P.MAX_OBJECTS, metavar="K",
+                   help=f"objects in either scene, at most (default: {P.MAX_OBJECTS})")
+    _add_zoom(p)
     p.add_argument("--save-masks", action="store_true", help="also write instance masks to masks/")
     p.add_argument("--seed", type=int, default=0, metavar="SEED", help="random seed; the data depend only on it (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -81,7 +92,8 @@ def _run_generate(args: argparse.Namespace) -> int:
     cfg = PairConfig(out=args.out, n=n, difficulty=args.difficulty, renderer=args.renderer, workers=args.workers,
                      size=args.size, samples=args.samples, shard=args.shard,
                      zero_diff_fraction=args.zero_diff_fraction, seed=args.seed,
-                     max_differences=args.max_differences, save_masks=args.save_masks, denoise=not args.no_denoise)
+                     max_differences=args.max_differences, save_masks=args.save_masks, denoise=not args.no_denoise,
+                     min_objects=args.min_objects, max_objects=args.max_objects, zoom=args.zoom)
     for path in generate_pairs(cfg, progress=not args.no_progress):
         print(path)
     return 0
@@ -105,6 +117,7 @@ def register_synth(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--max-objects", type=int, default=P.MAX_OBJECTS, metavar="K",
                    help=f"objects per scene, at most (default: {P.MAX_OBJECTS}; 1 with --min-objects 1 gives easy "
                         "single-object data)")
+    _add_zoom(p)
     p.add_argument("--tasks", default=",".join(TASKS), metavar="LIST",
                    help=f"comma-separated tasks among {','.join(TASKS)} (default: all)")
     p.add_argument("--per-image", type=int, default=2, metavar="K", help="samples per task per image (default: 2)")
@@ -125,7 +138,8 @@ def _run_synth(args: argparse.Namespace) -> int:
     from dig.synth import SynthConfig, generate_synth
 
     cfg = SynthConfig(out=args.out, n=args.n, size=args.size, min_objects=args.min_objects,
-                      max_objects=args.max_objects, tasks=tuple(t for t in args.tasks.split(",") if t),
+                      max_objects=args.max_objects, zoom=args.zoom,
+                      tasks=tuple(t for t in args.tasks.split(",") if t),
                       per_image=args.per_image, turns=args.turns, relations=not args.no_relations,
                       val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
     counts = generate_synth(cfg, progress=not args.no_progress)

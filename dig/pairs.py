@@ -67,6 +67,7 @@ class PairConfig:
     max_differences: int = 4  # mixed: K ~ U{1..max_differences}
     min_objects: int = P.MIN_OBJECTS
     max_objects: int = P.MAX_OBJECTS
+    zoom: float = 1.0  # camera framing (dig.scene.Scene): 2 shows objects twice as large
     kinds: tuple[str, ...] = EDIT_KINDS
     max_visibility_change: float = 0.2  # an unchanged object may gain/lose at most this share of pixels
     min_pixels: int | None = None  # default: CLEVR's 200 px at 320x240, scaled to the size
@@ -96,6 +97,11 @@ class PairConfig:
             raise ValueError(f"--size: expected at least 8x8 pixels, got {w}x{h}")
         if self.samples < 1:
             raise ValueError(f"--samples: expected >= 1, got {self.samples}")
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"--min-objects/--max-objects: need 1 <= min <= max, got "
+                             f"{self.min_objects}/{self.max_objects}")
+        if not self.zoom > 0:
+            raise ValueError(f"--zoom: expected a positive number, got {self.zoom}")
         if not 1 <= self.max_differences:
             raise ValueError(f"max_differences must be >= 1, got {self.max_differences}")
 
@@ -174,8 +180,8 @@ def plan_pair(cfg: PairConfig, difficulty: str, index: int, first_attempt: int =
     for attempt in range(first_attempt, first_attempt + MAX_PLAN_ATTEMPTS):
         rng = pair_rng(cfg.seed, difficulty, index, attempt)
         k = number_of_differences(cfg, difficulty, rng)
-        scene_a = sample_scene(rng, min_objects=cfg.min_objects, max_objects=cfg.max_objects)
-        try:
+        try:  # a crowded draw (many objects in a zoomed frame) can fail; it is one failed attempt
+            scene_a = sample_scene(rng, min_objects=cfg.min_objects, max_objects=cfg.max_objects, zoom=cfg.zoom)
             scene_b, changes = edit_scene(scene_a, k, rng, kinds=cfg.kinds, max_objects=cfg.max_objects)
         except RuntimeError:
             continue
@@ -308,6 +314,16 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------- running
 
 
+def _check_resumable(path: Path, done: dict[str, dict[str, Any]], cfg: PairConfig) -> None:
+    """Refuse to add pairs to a file made at another image size or zoom (it would mix two data sets)."""
+    for rec in done.values():
+        zoom = (rec.get("scene_a") or {}).get("zoom", 1.0)
+        if (rec.get("width"), rec.get("height"), zoom) != (cfg.width, cfg.height, cfg.zoom):
+            raise ValueError(f"{path}: pair {rec['id']} was made at {rec.get('width')}x{rec.get('height')}, zoom "
+                             f"{zoom}; this run asks for {cfg.width}x{cfg.height}, zoom {cfg.zoom}. Use another "
+                             f"--out or delete the file")
+
+
 def _shard_indices(cfg: PairConfig) -> list[int]:
     i, k = cfg.shard
     return [j for j in range(cfg.n) if j % k == i]
@@ -325,6 +341,7 @@ def generate_pairs(cfg: PairConfig, progress: bool = True) -> list[Path]:
         (out / "masks").mkdir(exist_ok=True)
     path = pairs_file(cfg)
     done = _load_done(path)
+    _check_resumable(path, done, cfg)
     indices = _shard_indices(cfg)
     todo = [j for j in indices if pair_id(cfg.difficulty, j) not in done]
     if done:

@@ -118,7 +118,7 @@ def raycast(scene: Scene, width: int, height: int) -> tuple[np.ndarray, np.ndarr
     """Instance-index mask (H, W) uint8 and hit normals (H, W, 3) of the first object hit per pixel."""
     if len(scene) > 254:
         raise ValueError(f"the flat renderer's uint8 mask holds at most 254 objects; got {len(scene)}")
-    origin, dirs = pixel_rays(width, height)
+    origin, dirs = pixel_rays(width, height, scene.zoom)
     flat_dirs = dirs.reshape(-1, 3)  # (N, 3)
     best_t = np.full(len(flat_dirs), _INF)
     index = np.zeros(len(flat_dirs), dtype=np.uint8)
@@ -137,9 +137,9 @@ def render_mask(scene: Scene, width: int, height: int) -> np.ndarray:
     return raycast(scene, width, height)[0]
 
 
-def _ground(width: int, height: int) -> np.ndarray:
+def _ground(width: int, height: int, zoom: float) -> np.ndarray:
     """The ground's colour per pixel (H, W, 3), float in [0, 1]: gray, a little darker far away."""
-    origin, dirs = pixel_rays(width, height)
+    origin, dirs = pixel_rays(width, height, zoom)
     t = -origin[2] / np.minimum(dirs[..., 2], -1e-6)  # (H, W)
     p = origin + t[..., None] * dirs
     dist = np.hypot(p[..., 0], p[..., 1])
@@ -150,8 +150,8 @@ def _ground(width: int, height: int) -> np.ndarray:
 def render_flat(scene: Scene, width: int, height: int) -> FlatRender:
     """Render ``scene`` at ``width x height``: image (H, W, 3) uint8 and instance-index mask (H, W)."""
     mask, normals = raycast(scene, width, height)
-    _, dirs = pixel_rays(width, height)
-    out = _ground(width, height)
+    _, dirs = pixel_rays(width, height, scene.zoom)
+    out = _ground(width, height, scene.zoom)
     diffuse = sum(w * np.clip(normals @ _LIGHTS[name], 0.0, None) for name, w in _LIGHT_WEIGHTS.items())
     half = _LIGHTS["key"] - dirs
     half /= np.linalg.norm(half, axis=-1, keepdims=True)

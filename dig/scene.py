@@ -86,14 +86,25 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Scene:
-    """An ordered tuple of objects; list position is the object's index in renderer masks (index + 1)."""
+    """An ordered tuple of objects; list position is the object's index in renderer masks (index + 1).
+
+    ``zoom`` frames the camera (``properties.CAMERA_LENS_MM * zoom``; objects were placed within
+    ``XY_RANGE / zoom``); JSON leaves it out at CLEVR's 1.0, so older scene files read unchanged."""
 
     objects: tuple[SceneObject, ...]
+    zoom: float = 1.0
 
     def __post_init__(self) -> None:
         ids = [o.id for o in self.objects]
         if len(set(ids)) != len(ids):
             raise ValueError(f"scene object ids must be unique; got {ids}")
+        if not (isinstance(self.zoom, (int, float)) and math.isfinite(self.zoom) and self.zoom > 0):
+            raise ValueError(f"scene zoom must be a positive number; got {self.zoom!r}")
+
+    @property
+    def xy_range(self) -> float:
+        """Half width of the square that positions are drawn from at this zoom."""
+        return P.XY_RANGE / self.zoom
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -114,7 +125,10 @@ class Scene:
         return max((o.id for o in self.objects), default=-1) + 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"objects": [o.to_dict() for o in self.objects]}
+        d: dict[str, Any] = {"objects": [o.to_dict() for o in self.objects]}
+        if self.zoom != 1.0:
+            d["zoom"] = self.zoom
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -123,7 +137,11 @@ class Scene:
     def from_dict(cls, d: dict[str, Any], where: str = "scene") -> Scene:
         if not isinstance(d, dict) or not isinstance(d.get("objects"), list):
             raise ValueError(f"{where}: expected {{\"objects\": [...]}}, got {str(d)[:80]}")
-        return cls(tuple(SceneObject.from_dict(o, f"{where}.objects[{i}]") for i, o in enumerate(d["objects"])))
+        zoom = d.get("zoom", 1.0)
+        if isinstance(zoom, bool) or not isinstance(zoom, (int, float)) or not zoom > 0:
+            raise ValueError(f"{where}.zoom: expected a positive number, got {zoom!r}")
+        return cls(tuple(SceneObject.from_dict(o, f"{where}.objects[{i}]") for i, o in enumerate(d["objects"])),
+                   zoom=float(zoom))
 
     @classmethod
     def from_json(cls, text: str, where: str = "scene") -> Scene:
@@ -177,12 +195,14 @@ def _choose(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def sample_object(rng: np.random.Generator, obj_id: int, others: Sequence[SceneObject]) -> SceneObject | None:
-    """A random object placed by CLEVR's rules against ``others``; None after MAX_PLACEMENT_TRIES."""
+def sample_object(rng: np.random.Generator, obj_id: int, others: Sequence[SceneObject],
+                  xy_range: float = P.XY_RANGE) -> SceneObject | None:
+    """A random object at x, y ~ U(-xy_range, xy_range), placed by CLEVR's rules against ``others``; None
+    after MAX_PLACEMENT_TRIES."""
     size = _choose(rng, tuple(P.SIZES))
     r = P.SIZES[size]
     for _ in range(P.MAX_PLACEMENT_TRIES):
-        x, y = rng.uniform(-P.XY_RANGE, P.XY_RANGE, size=2)
+        x, y = rng.uniform(-xy_range, xy_range, size=2)
         if _placement_ok(float(x), float(y), r, others):
             break
     else:
@@ -193,22 +213,24 @@ def sample_object(rng: np.random.Generator, obj_id: int, others: Sequence[SceneO
 
 
 def sample_scene(rng: np.random.Generator, n_objects: int | None = None, min_objects: int = P.MIN_OBJECTS,
-                 max_objects: int = P.MAX_OBJECTS) -> Scene:
-    """A CLEVR scene of ``n_objects`` (default U{min_objects..max_objects}); whole scenes are resampled
-    when an object cannot be placed, as CLEVR does."""
+                 max_objects: int = P.MAX_OBJECTS, zoom: float = 1.0) -> Scene:
+    """A CLEVR scene of ``n_objects`` (default U{min_objects..max_objects}) framed at ``zoom`` (see
+    :class:`Scene`); whole scenes are resampled when an object cannot be placed, as CLEVR does."""
     if not 1 <= min_objects <= max_objects:
         raise ValueError(f"need 1 <= min_objects <= max_objects; got {min_objects}, {max_objects}")
     n = int(rng.integers(min_objects, max_objects + 1)) if n_objects is None else int(n_objects)
+    xy_range = Scene((), zoom).xy_range  # (also checks zoom)
     for _ in range(1000):
         objects: list[SceneObject] = []
         for i in range(n):
-            obj = sample_object(rng, i, objects)
+            obj = sample_object(rng, i, objects, xy_range)
             if obj is None:
                 break
             objects.append(obj)
         else:
-            return Scene(tuple(objects))
-    raise RuntimeError(f"could not place {n} objects in 1000 scene attempts")
+            return Scene(tuple(objects), zoom)
+    raise RuntimeError(f"could not place {n} objects in 1000 scene attempts (zoom {zoom}: positions within "
+                       f"+-{xy_range:g}; fewer objects or a smaller zoom fit)")
 
 
 # ------------------------------------------------------------------------------------------- edits
@@ -256,7 +278,7 @@ def _apply(scene: Scene, kinds: list[str], targets: list[SceneObject],
     it = iter(targets)
     for kind in kinds:
         if kind == "add":
-            obj = sample_object(rng, next_id, placed)
+            obj = sample_object(rng, next_id, placed, scene.xy_range)
             if obj is None:
                 return None
             next_id += 1
@@ -275,7 +297,7 @@ def _apply(scene: Scene, kinds: list[str], targets: list[SceneObject],
         new = _choose(rng, tuple(v for v in _CHOICES[kind] if v != old))
         objects[target.id] = replace(target, **{kind: new})
         changes.append(Change(kind, target.id, old, new))
-    edited = Scene(tuple(objects[i] for i in order))
+    edited = Scene(tuple(objects[i] for i in order), scene.zoom)
     if not scene_placement_ok(edited):
         return None
     return edited, changes

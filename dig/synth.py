@@ -144,6 +144,7 @@ class SynthConfig:
     size: tuple[int, int] = P.DEMO_SIZE
     min_objects: int = P.MIN_OBJECTS
     max_objects: int = P.MAX_OBJECTS
+    zoom: float = 1.0  # camera framing (dig.scene.Scene): 2 shows objects twice as large
     tasks: tuple[str, ...] = TASKS
     per_image: int = 2  # samples per task per image
     turns: int = 1  # questions per conversation: >1 asks several about one image in one sequence
@@ -159,6 +160,8 @@ class SynthConfig:
         if not 1 <= self.min_objects <= self.max_objects:
             raise ValueError(f"--min-objects/--max-objects: need 1 <= min <= max, got "
                              f"{self.min_objects}/{self.max_objects}")
+        if not self.zoom > 0:
+            raise ValueError(f"--zoom: expected a positive number, got {self.zoom}")
         if self.n < 1 or self.per_image < 1 or self.turns < 1:
             raise ValueError(f"--n, --per-image and --turns must be >= 1, got {self.n}, {self.per_image} and "
                              f"{self.turns}")
@@ -314,10 +317,24 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _claim_images(folder: Path, cfg: SynthConfig) -> None:
+    """Image i depends only on these settings, so a rerun keeps images written under the same ones and deletes
+    images written under others (a different size, zoom, seed or object count) before rendering anew."""
+    key = {"seed": cfg.seed, "size": list(cfg.size), "min_objects": cfg.min_objects,
+           "max_objects": cfg.max_objects, "zoom": cfg.zoom}
+    key_file = folder / "render_key.json"
+    if key_file.exists() and json.loads(key_file.read_text()) == key:
+        return
+    for old in folder.glob("synth_*.png"):
+        old.unlink()
+    key_file.write_text(json.dumps(key, sort_keys=True) + "\n")
+
+
 def generate_synth(cfg: SynthConfig, progress: bool = True) -> dict[str, int]:
     """Write the corpus; returns the number of samples/rows per output file."""
     out = Path(cfg.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    _claim_images(out / "images", cfg)
     w, h = cfg.size
     split_of = _splits(cfg)
     data: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
@@ -325,7 +342,7 @@ def generate_synth(cfg: SynthConfig, progress: bool = True) -> dict[str, int]:
     scenes: list[str] = []
     for i in tqdm(range(cfg.n), desc="synth", unit="scene", disable=not progress):
         rng = np.random.default_rng([cfg.seed, _SCENE_STREAM, i])
-        scene = sample_scene(rng, min_objects=cfg.min_objects, max_objects=cfg.max_objects)
+        scene = sample_scene(rng, min_objects=cfg.min_objects, max_objects=cfg.max_objects, zoom=cfg.zoom)
         render = render_flat(scene, w, h)
         image = f"images/synth_{i:06d}.png"
         path = out / image

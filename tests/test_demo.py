@@ -33,7 +33,7 @@ def test_baseline_accuracy_per_split_and_all() -> None:
 
 
 def test_pairs_become_supervised_dig_answers(tmp_path: Path) -> None:
-    pairs = demo.make_pairs("p", "dual", 3, seed=5, out=tmp_path, progress=False)
+    pairs = demo.make_pairs("p", demo.PairSet("dual", 3, seed=5), out=tmp_path, progress=False)
     samples = demo.pairs_to_samples(pairs, tmp_path / "sft.json")
     rows = json.loads(samples.read_text())
     records = [json.loads(x) for x in pairs.read_text().splitlines()]
@@ -44,6 +44,19 @@ def test_pairs_become_supervised_dig_answers(tmp_path: Path) -> None:
         got = square_to_pixel(np.array(parse_boxes(row["conversations"][1]["value"]), float), rec["width"],
                               rec["height"])
         assert np.abs(got - np.array(rec["boxes"], float)).max() < 1.0  # 3-decimal box text
+
+
+def test_every_demo_data_set_fits_its_framing() -> None:
+    """One framing for a run (the shipped models are evaluated at it), and its largest scenes can be sampled."""
+    from dig.scene import sample_scene
+
+    plan = demo.from_scratch_plan(2.0)
+    sets = [(c.zoom, c.max_objects) for c in plan.corpora] + [(ps.zoom, ps.objects[1]) for ps in
+                                                                plan.pair_sets.values()]
+    assert {z for z, _ in sets} == {demo.DEMO_ZOOM}
+    for zoom, n in sets:
+        for seed in range(5):
+            assert len(sample_scene(np.random.default_rng(seed), n_objects=n, zoom=zoom)) == n
 
 
 def test_rec_rows_split_by_relation(tmp_path: Path) -> None:
@@ -102,7 +115,7 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
 def test_from_scratch_miniature_runs_every_stage_resumes_and_ships(tmp_path: Path) -> None:
     full = demo.from_scratch_plan(2.0)
     plan = replace(full, corpora=[replace(c, n=6, test_fraction=0.4) for c in full.corpora],
-                   pair_sets={k: (d, 3, s) for k, (d, n, s) in full.pair_sets.items()},
+                   pair_sets={k: replace(ps, n=3) for k, ps in full.pair_sets.items()},
                    steps_scale=1 / 2000, eval_limit=4)
     out = tmp_path / "run"
     ship_root, registry = tmp_path / "shipped", tmp_path / "registry.yaml"

@@ -150,8 +150,19 @@ def test_cli_generate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert args.func(args) == 0
     assert capsys.readouterr().out.strip().endswith("pairs.jsonl")
     assert len(read_pairs(tmp_path)) == 3
+    zoomed = tmp_path / "zoomed"
+    args = parser.parse_args(["generate", "--out", str(zoomed), "--n", "3", "--difficulty", "single", "--size",
+                              "96x72", "--zoom", "2", "--min-objects", "2", "--max-objects", "4", "--no-progress"])
+    assert args.func(args) == 0
+    for rec in read_pairs(zoomed):
+        a, b = (Scene.from_dict(rec[k]) for k in ("scene_a", "scene_b"))
+        assert a.zoom == b.zoom == 2.0 and 2 <= len(a) <= 4 and len(b) <= 4
     with pytest.raises(SystemExit):
         parser.parse_args(["generate", "--out", "x", "--size", "big"])
+    with pytest.raises(ValueError, match="--zoom"):
+        PairConfig(out=tmp_path, zoom=0.0)
+    with pytest.raises(ValueError, match="zoom 2.0; this run asks for 96x72, zoom 1.0"):  # no silent mixing
+        generate_pairs(PairConfig(out=zoomed, n=4, difficulty="single", size=(96, 72)), progress=False)
     with pytest.raises(ValueError, match="--zero-diff-fraction"):
         PairConfig(out=tmp_path, zero_diff_fraction=2.0)
 

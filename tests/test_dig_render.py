@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from dig import properties as P
-from dig.camera import focal_pixels, projected_box
+from dig.camera import focal_pixels, project, projected_box
 from dig.masks import box_region, mask_box, visible_counts
 from dig.render_flat import render_flat, render_mask
 from dig.scene import Scene, SceneObject, sample_scene
@@ -41,6 +41,25 @@ def test_sphere_silhouette_has_the_projected_area() -> None:
     dist = math.dist(P.CAMERA_LOCATION, (0, 0, 0.7))
     r_px = focal_pixels(w) * 0.7 / math.sqrt(dist ** 2 - 0.7 ** 2)  # tangent-cone radius at the centre
     assert abs((mask == 1).sum() / (math.pi * r_px ** 2) - 1) < 0.05
+
+
+def test_zoom_enlarges_objects_and_keeps_them_in_the_frame() -> None:
+    w, h = 128, 96
+    plain, zoomed = _one("sphere"), Scene(_one("sphere").objects, zoom=2.0)
+    area = [int((render_mask(s, w, h) == 1).sum()) for s in (plain, zoomed)]
+    assert 3.6 < area[1] / area[0] < 4.4  # twice the size, four times the pixels
+    widths = []
+    for s in (plain, zoomed):  # the mask box stays inside the projection at the scene's zoom
+        box = mask_box(render_mask(s, w, h), 1)
+        loose = projected_box(s.objects[0].corners(), w, h, s.zoom)
+        assert loose[0] - 1 <= box[0] and loose[1] - 1 <= box[1] and box[2] <= loose[2] + 1 and box[3] <= loose[3] + 1
+        widths.append((box[2] - box[0], loose[2] - loose[0]))
+    assert abs(widths[1][0] / widths[0][0] - 2) < 0.25 and abs(widths[1][1] / widths[0][1] - 2) < 0.05
+    for seed in range(20):  # sampled at zoom 2, every object's centre is still in the frame
+        scene = sample_scene(np.random.default_rng(seed), min_objects=2, max_objects=6, zoom=2.0)
+        assert scene.zoom == 2.0 and all(abs(o.x) <= 1.5 and abs(o.y) <= 1.5 for o in scene.objects)
+        centres = project(np.array([[o.x, o.y, o.half_extent] for o in scene.objects]), w, h, scene.zoom)
+        assert ((centres > 0) & (centres < [w, h])).all(), (seed, centres)
 
 
 def test_shapes_materials_and_sizes_are_distinguishable() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -35,6 +36,20 @@ def test_sampled_scenes_follow_clevr_rules() -> None:
                 for vec in dirs.values():
                     margin = (a.x - b.x) * vec[0] + (a.y - b.y) * vec[1]
                     assert not 0 < margin < P.MARGIN
+
+
+def test_zoom_round_trips_and_edits_keep_it() -> None:
+    a = sample_scene(np.random.default_rng(3), n_objects=4, zoom=2.0)
+    assert Scene.from_json(a.to_json()) == a and json.loads(a.to_json())["zoom"] == 2.0
+    plain = sample_scene(np.random.default_rng(3), n_objects=4)
+    assert "zoom" not in plain.to_dict()  # CLEVR's framing: scene files read and write as before
+    b, changes = edit_scene(a, 3, np.random.default_rng(4), kinds=("add", "color"))
+    assert b.zoom == 2.0 and len(changes) == 3
+    assert all(abs(o.x) <= a.xy_range and abs(o.y) <= a.xy_range for o in b.objects)
+    with pytest.raises(ValueError, match="scene.zoom"):
+        Scene.from_dict({"objects": [], "zoom": 0})
+    with pytest.raises(ValueError, match="zoom"):
+        sample_scene(np.random.default_rng(0), zoom=-1.0)
 
 
 def test_sampling_is_deterministic_for_a_seed() -> None:

@@ -146,6 +146,17 @@ def test_easy_single_object_data_and_the_cli(tmp_path: Path, capsys: pytest.Capt
             assert np.abs(square_to_pixel(answer[0], 64, 48) - s["objects"][0]).max() <= 0.001 * 64 + 1e-9
     with pytest.raises(ValueError, match="--tasks"):
         SynthConfig(out=tmp_path, tasks=("caption",))
+    args = parser.parse_args(["synth", "--out", str(tmp_path / "zoomed"), "--n", "8", "--size", "64x48",
+                              "--min-objects", "1", "--max-objects", "1", "--tasks", "text2box", "--per-image", "1",
+                              "--zoom", "2", "--no-progress"])
+    assert args.func(args) == 0
+    scenes = [json.loads(line) for line in (tmp_path / "zoomed" / "scenes.jsonl").read_text().splitlines()]
+    assert {r["scene"]["zoom"] for r in scenes} == {2.0}
+
+    def mean_area(folder: Path) -> float:
+        boxes = [parse_boxes(s["conversations"][1]["value"])[0] for s in json.loads((folder / "train.json").read_text())]
+        return float(np.mean([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]))
+    assert mean_area(tmp_path / "zoomed") > 2.5 * mean_area(tmp_path)  # the same kind of object, twice the size
 
 
 def test_synth_is_deterministic(tmp_path: Path) -> None:
@@ -153,6 +164,13 @@ def test_synth_is_deterministic(tmp_path: Path) -> None:
         generate_synth(SynthConfig(out=tmp_path / name, n=6, size=(W, H)), progress=False)
     for f in ("train.json", "val.json", "test.json", "test_rec.jsonl", "images/synth_000003.png"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+    # a rerun in the same folder at another zoom renders its images anew instead of keeping the old ones
+    generate_synth(SynthConfig(out=tmp_path / "b", n=6, size=(W, H), max_objects=5, zoom=2.0), progress=False)
+    generate_synth(SynthConfig(out=tmp_path / "c", n=6, size=(W, H), max_objects=5, zoom=2.0), progress=False)
+    for f in ("train.json", "images/synth_000003.png"):
+        assert (tmp_path / "b" / f).read_bytes() == (tmp_path / "c" / f).read_bytes()
+    assert (tmp_path / "b" / "images/synth_000003.png").read_bytes() != (
+        tmp_path / "a" / "images/synth_000003.png").read_bytes()
 
 
 def test_rec_training_prompt_is_the_evaluation_prompt(tmp_path):

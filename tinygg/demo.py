@@ -45,6 +45,10 @@ SINGLE_OBJECT = "single object"  # the default demo's extra REC test: scenes of 
 #: The default demo's fresh corpus: the four grounding tasks of the paper (its numbers in the README were measured
 #: on these; ``box2attr`` is a recipe experiment, docs/demo_recipe.md section 8).
 FRESH_TASKS = ("text2box", "box2text", "object2box", "text2object")
+# Camera framing of every demo corpus and pair set (dig.scene.Scene.zoom), the one the shipped checkpoints were
+# trained at, and the object counts of the pair sets' scenes (a zoomed frame holds fewer objects).
+DEMO_ZOOM = 1.0  # 2.0 was measured (docs/demo_recipe.md, section 9) and is not the shipped plan
+PAIR_OBJECTS = (3, 10)
 NOMINAL_HOURS = 2.0  # the YAMLs' 14500 SFT + 300 GRPO steps and the evaluations take about this on 2 cores
 
 
@@ -63,6 +67,18 @@ class Corpus:
     test_fraction: float = 0.05
     val_fraction: float = 0.0
     turns: int = 1  # questions per conversation (dig.synth.SynthConfig.turns)
+    zoom: float = DEMO_ZOOM
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """One set of DiG pairs (arguments of :class:`dig.pairs.PairConfig`)."""
+
+    difficulty: str
+    n: int
+    seed: int
+    zoom: float = DEMO_ZOOM
+    objects: tuple[int, int] = PAIR_OBJECTS  # scene A's object count, at least and at most
 
 
 @dataclass(frozen=True)
@@ -75,7 +91,7 @@ class SftStage:
 @dataclass
 class Plan:
     corpora: list[Corpus]
-    pair_sets: dict[str, tuple[str, int, int]]  # name -> (difficulty, n, seed)
+    pair_sets: dict[str, PairSet]
     sft_pairs: tuple[str, ...]  # pair sets turned into supervised DiG answers for stage 3
     stages: list[SftStage]
     dig_config: str = "dig.yaml"
@@ -100,8 +116,8 @@ def from_scratch_plan(hours: float) -> Plan:
             Corpus("synth_full_t4", 6000, 2, 6, ("text2box", "box2text", "object2box", "text2object"), True,
                    seed=3, turns=4),
         ],
-        pair_sets={"dig_single": ("single", 1000, 1), "dig_dual": ("dual", 1000, 2),
-                   "dig_mixed": ("mixed", 800, 3), "dig_test": ("mixed", 200, 4)},
+        pair_sets={"dig_single": PairSet("single", 1000, 1), "dig_dual": PairSet("dual", 1000, 2),
+                   "dig_mixed": PairSet("mixed", 800, 3), "dig_test": PairSet("mixed", 200, 4)},
         sft_pairs=("dig_single", "dig_dual"),
         stages=[
             SftStage("stage1", "stage1.yaml", (("synth_single/train.json", 1.0),)),
@@ -126,20 +142,21 @@ def make_corpus(c: Corpus, out: Path, progress: bool = True) -> Path:
     info = folder / "synth_info.json"
     if info.exists():
         made = json.loads(info.read_text())["config"]
-        if (made["n"], made.get("turns", 1), made["seed"]) == (c.n, c.turns, c.seed):
+        if (made["n"], made.get("turns", 1), made["seed"], made.get("zoom", 1.0)) == (c.n, c.turns, c.seed, c.zoom):
             return folder
-    generate_synth(SynthConfig(out=folder, n=c.n, min_objects=c.min_objects, max_objects=c.max_objects,
+    generate_synth(SynthConfig(out=folder, n=c.n, min_objects=c.min_objects, max_objects=c.max_objects, zoom=c.zoom,
                                tasks=c.tasks, relations=c.relations, seed=c.seed, val_fraction=c.val_fraction,
                                test_fraction=c.test_fraction, turns=c.turns), progress=progress)
     return folder
 
 
-def make_pairs(name: str, difficulty: str, n: int, seed: int, out: Path, progress: bool = True) -> Path:
+def make_pairs(name: str, ps: PairSet, out: Path, progress: bool = True) -> Path:
     """Write (or finish) one set of DiG pairs with the flat renderer; returns its pairs file."""
     from dig.pairs import PAIRS_FILE, PairConfig, generate_pairs
 
     folder = out / name  # generate_pairs resumes a partial file and returns at once for a finished one
-    generate_pairs(PairConfig(out=folder, n=n, difficulty=difficulty, renderer="flat", seed=seed), progress=progress)
+    generate_pairs(PairConfig(out=folder, n=ps.n, difficulty=ps.difficulty, renderer="flat", seed=ps.seed,
+                              zoom=ps.zoom, min_objects=ps.objects[0], max_objects=ps.objects[1]), progress=progress)
     return folder / PAIRS_FILE
 
 
@@ -382,7 +399,7 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
     pair_files: dict[str, Path] = {}
     for stage in plan.stages:
         if any(p == "dig_sft.json" for p, _ in stage.data) and not pair_files:  # pairs only when first needed
-            pair_files = {k: make_pairs(k, d, n, s, data, progress) for k, (d, n, s) in plan.pair_sets.items()}
+            pair_files = {k: make_pairs(k, ps, data, progress) for k, ps in plan.pair_sets.items()}
             sft = data / "dig_sft.json"
             if not sft.exists():
                 merged = []
@@ -512,8 +529,8 @@ def default_demo(out: Path, stage3: str, dig_model: str, size: DemoSize, progres
     single = make_corpus(Corpus("fresh_single", size.scenes, 1, 1, ("text2box",), False, seed=1003,
                                 test_fraction=0.6), data, progress)
     single_specs = split_rec_rows(single / "test_rec.jsonl", out / "rec_data", size.rec_limit, split=SINGLE_OBJECT)
-    test_pairs = make_pairs("dig_test", "mixed", size.dig_pairs, 1001, data, progress)
-    train_pairs = make_pairs("dig_train", "single", max(2, size.dig_pairs // 2), 1002, data, progress)
+    test_pairs = make_pairs("dig_test", PairSet("mixed", size.dig_pairs, 1001), data, progress)
+    train_pairs = make_pairs("dig_train", PairSet("single", max(2, size.dig_pairs // 2), 1002), data, progress)
     pairs_to_samples(train_pairs, data / "dig_sft.json")
 
     metrics: dict[str, Any] = {"mode": "default", "models": {"stage3": str(stage3_dir), "dig": str(dig_dir)}}
