@@ -44,7 +44,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 def _add_zoom(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoom", type=float, default=1.0, metavar="Z",
                    help="camera zoom: Z times the lens, positions within 1/Z of CLEVR's range, so objects look "
-                        "Z times larger (default: 1, CLEVR's framing; the CPU demo uses 2)")
+                        "Z times larger (default: 1, CLEVR's framing)")
 
 
 def register_dig(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from dig import properties as P
 from dig.masks import mask_box, union_box, visible_counts
 from dig.render_flat import render_flat, render_mask
-from dig.scene import EDIT_KINDS, Change, Scene, edit_scene, sample_scene
+from dig.scene import EDIT_KINDS, Change, Scene, check_object_counts, check_zoom, edit_scene, sample_scene
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +97,8 @@ class PairConfig:
             raise ValueError(f"--size: expected at least 8x8 pixels, got {w}x{h}")
         if self.samples < 1:
             raise ValueError(f"--samples: expected >= 1, got {self.samples}")
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(f"--min-objects/--max-objects: need 1 <= min <= max, got "
-                             f"{self.min_objects}/{self.max_objects}")
-        if not self.zoom > 0:
-            raise ValueError(f"--zoom: expected a positive number, got {self.zoom}")
+        check_object_counts(self.min_objects, self.max_objects)
+        check_zoom(self.zoom, "--zoom")
         if not 1 <= self.max_differences:
             raise ValueError(f"max_differences must be >= 1, got {self.max_differences}")
 

@@ -49,8 +49,8 @@ CAMERA_TARGET: tuple[float, float, float] = (0.0, 0.0, 0.0)
 CAMERA_LENS_MM = 35.0
 CAMERA_SENSOR_WIDTH_MM = 32.0  # fitted horizontally
 #: A scene's ``zoom`` z (default 1, CLEVR's framing) multiplies the lens and divides XY_RANGE: objects look z
-#: times larger and every position still lands in the frame. The CPU demo uses z = 2 so that a small object
-#: covers about one 8 px patch of its 64 px view (docs/demo_recipe.md, section 9).
+#: times larger and every position still lands in the frame. At z = 2 a small object covers about one 8 px patch
+#: of the tiny model's 64 px view (measured, not the shipped demo plan: docs/demo_recipe.md, section 9).
 
 #: Lights (area lights in Blender, directions in the flat renderer): name -> (location, power in W, size).
 LIGHTS: dict[str, tuple[tuple[float, float, float], float, float]] = {

@@ -98,8 +98,7 @@ class Scene:
         ids = [o.id for o in self.objects]
         if len(set(ids)) != len(ids):
             raise ValueError(f"scene object ids must be unique; got {ids}")
-        if not (isinstance(self.zoom, (int, float)) and math.isfinite(self.zoom) and self.zoom > 0):
-            raise ValueError(f"scene zoom must be a positive number; got {self.zoom!r}")
+        check_zoom(self.zoom, "scene zoom")
 
     @property
     def xy_range(self) -> float:
@@ -137,11 +136,8 @@ class Scene:
     def from_dict(cls, d: dict[str, Any], where: str = "scene") -> Scene:
         if not isinstance(d, dict) or not isinstance(d.get("objects"), list):
             raise ValueError(f"{where}: expected {{\"objects\": [...]}}, got {str(d)[:80]}")
-        zoom = d.get("zoom", 1.0)
-        if isinstance(zoom, bool) or not isinstance(zoom, (int, float)) or not zoom > 0:
-            raise ValueError(f"{where}.zoom: expected a positive number, got {zoom!r}")
         return cls(tuple(SceneObject.from_dict(o, f"{where}.objects[{i}]") for i, o in enumerate(d["objects"])),
-                   zoom=float(zoom))
+                   zoom=check_zoom(d.get("zoom", 1.0), f"{where}.zoom"))
 
     @classmethod
     def from_json(cls, text: str, where: str = "scene") -> Scene:
@@ -189,6 +185,19 @@ def scene_placement_ok(scene: Scene) -> bool:
     """Whether every pair of objects satisfies the placement rules (used after size edits)."""
     objs = scene.objects
     return all(_placement_ok(o.x, o.y, o.scale, objs[:i]) for i, o in enumerate(objs))
+
+
+def check_zoom(zoom: Any, name: str) -> float:
+    """``zoom`` as a float; ValueError naming ``name`` unless it is a finite positive number."""
+    if isinstance(zoom, bool) or not isinstance(zoom, (int, float)) or not (math.isfinite(zoom) and zoom > 0):
+        raise ValueError(f"{name}: expected a positive number, got {zoom!r}")
+    return float(zoom)
+
+
+def check_object_counts(min_objects: int, max_objects: int, name: str = "--min-objects/--max-objects") -> None:
+    """ValueError naming ``name`` unless 1 <= min_objects <= max_objects."""
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError(f"{name}: need 1 <= min <= max, got {min_objects}/{max_objects}")
 
 
 def _choose(rng: np.random.Generator, options: Sequence[str]) -> str:

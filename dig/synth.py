@@ -45,7 +45,7 @@ from dig import properties as P
 from dig.camera import ground_directions
 from dig.masks import mask_box, visible_counts
 from dig.render_flat import render_flat
-from dig.scene import ATTRIBUTES, Scene, SceneObject, sample_scene
+from dig.scene import ATTRIBUTES, Scene, SceneObject, check_object_counts, check_zoom, sample_scene
 from tinygg.boxes import box_iou, format_box, pixel_to_square
 from tinygg.evaluate.rec import DEFAULT_PROMPT, make_prompt
 
@@ -157,11 +157,8 @@ class SynthConfig:
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
             raise ValueError(f"--tasks: expected a comma-separated subset of {','.join(TASKS)}, got {self.tasks}")
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(f"--min-objects/--max-objects: need 1 <= min <= max, got "
-                             f"{self.min_objects}/{self.max_objects}")
-        if not self.zoom > 0:
-            raise ValueError(f"--zoom: expected a positive number, got {self.zoom}")
+        check_object_counts(self.min_objects, self.max_objects)
+        check_zoom(self.zoom, "--zoom")
         if self.n < 1 or self.per_image < 1 or self.turns < 1:
             raise ValueError(f"--n, --per-image and --turns must be >= 1, got {self.n}, {self.per_image} and "
                              f"{self.turns}")

@@ -142,11 +142,13 @@ def make_corpus(c: Corpus, out: Path, progress: bool = True) -> Path:
     info = folder / "synth_info.json"
     if info.exists():
         made = json.loads(info.read_text())["config"]
-        if (made["n"], made.get("turns", 1), made["seed"], made.get("zoom", 1.0)) == (c.n, c.turns, c.seed, c.zoom):
+        made_key = (made["n"], made.get("turns", 1), made["seed"], made.get("zoom", 1.0))
+        if made_key == (c.n, c.turns, c.seed, c.zoom):
             return folder
-    generate_synth(SynthConfig(out=folder, n=c.n, min_objects=c.min_objects, max_objects=c.max_objects, zoom=c.zoom,
-                               tasks=c.tasks, relations=c.relations, seed=c.seed, val_fraction=c.val_fraction,
-                               test_fraction=c.test_fraction, turns=c.turns), progress=progress)
+    generate_synth(SynthConfig(out=folder, n=c.n, min_objects=c.min_objects, max_objects=c.max_objects,
+                               zoom=c.zoom, tasks=c.tasks, relations=c.relations, seed=c.seed,
+                               val_fraction=c.val_fraction, test_fraction=c.test_fraction, turns=c.turns),
+                   progress=progress)
     return folder
 
 
