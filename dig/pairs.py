@@ -14,7 +14,8 @@ Record (one JSON line per pair, paths relative to the file's directory)::
 ``boxes[i]`` belongs to ``changes[i]``: a deleted object's mask box in image A, an added one's in image B,
 the union of both for attribute changes. Each pair depends only on (seed, difficulty, index), so shards,
 worker counts and restarts do not change the data; a finished file is sorted by index, so a resumed run
-ends byte-identical to an uninterrupted one.
+ends byte-identical to an uninterrupted one. ``pairs.settings.json`` beside the file records the settings that
+decide a pair's content (seed, size, zoom, object counts, ...); a restart with other settings is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -311,14 +312,39 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------- running
 
 
+# Settings that do not change what a pair is: how many, who makes them, and what else is saved.
+_RUN_ONLY = ("out", "n", "workers", "shard", "save_masks", "retries", "blender_threads")
+
+
+def _settings(cfg: PairConfig) -> dict[str, Any]:
+    """The settings that decide a pair's content, as JSON values."""
+    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in _RUN_ONLY}))
+
+
+def settings_file(path: Path) -> Path:
+    """The record of the settings a pairs file was made with (``pairs.jsonl`` -> ``pairs.settings.json``)."""
+    return path.with_name(path.name.removesuffix(".jsonl") + ".settings.json")
+
+
 def _check_resumable(path: Path, done: dict[str, dict[str, Any]], cfg: PairConfig) -> None:
-    """Refuse to add pairs to a file made at another image size or zoom (it would mix two data sets)."""
-    for rec in done.values():
-        zoom = (rec.get("scene_a") or {}).get("zoom", 1.0)
-        if (rec.get("width"), rec.get("height"), zoom) != (cfg.width, cfg.height, cfg.zoom):
-            raise ValueError(f"{path}: pair {rec['id']} was made at {rec.get('width')}x{rec.get('height')}, zoom "
-                             f"{zoom}; this run asks for {cfg.width}x{cfg.height}, zoom {cfg.zoom}. Use another "
-                             f"--out or delete the file")
+    """Refuse to add pairs to a file made with other settings (it would mix two data sets); record them for a
+    new file. Files from before the settings record are checked by their records' image size and zoom."""
+    record, wanted = settings_file(path), _settings(cfg)
+    if not done:  # nothing to mix with: (re)start the record
+        record.write_text(json.dumps(wanted, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    elif record.exists():
+        made = json.loads(record.read_text(encoding="utf-8"))
+        diff = [f"{k} {made.get(k)!r} (now {v!r})" for k, v in wanted.items() if made.get(k) != v]
+        if diff:
+            raise ValueError(f"{path}: its {len(done)} pairs were made with {', '.join(diff)}. Use another --out "
+                             f"or delete the file")
+    else:
+        for rec in done.values():
+            zoom = (rec.get("scene_a") or {}).get("zoom", 1.0)
+            if (rec.get("width"), rec.get("height"), zoom) != (cfg.width, cfg.height, cfg.zoom):
+                raise ValueError(f"{path}: pair {rec['id']} was made at {rec.get('width')}x{rec.get('height')}, "
+                                 f"zoom {zoom}; this run asks for {cfg.width}x{cfg.height}, zoom {cfg.zoom}. Use "
+                                 f"another --out or delete the file")
 
 
 def _shard_indices(cfg: PairConfig) -> list[int]:

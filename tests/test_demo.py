@@ -59,6 +59,23 @@ def test_every_demo_data_set_fits_its_framing() -> None:
             assert len(sample_scene(np.random.default_rng(seed), n_objects=n, zoom=zoom)) == n
 
 
+def test_corpus_is_reused_only_when_every_setting_matches(tmp_path: Path) -> None:
+    """A finished corpus is found again as it is; one made with other tasks or object counts is remade."""
+    c = demo.Corpus("c", n=4, min_objects=1, max_objects=1, tasks=("text2box",), relations=False, seed=3,
+                    test_fraction=0.25)
+    folder = demo.make_corpus(c, tmp_path, progress=False)
+    info = folder / "synth_info.json"
+    stamp = info.stat().st_mtime_ns
+    assert demo.make_corpus(c, tmp_path, progress=False) == folder and info.stat().st_mtime_ns == stamp
+    for changed in (replace(c, tasks=("object2box",)), replace(c, min_objects=2, max_objects=2)):
+        demo.make_corpus(changed, tmp_path, progress=False)
+        made = json.loads(info.read_text())["config"]
+        assert (made["tasks"], made["min_objects"]) == (list(changed.tasks), changed.min_objects)
+    scenes = [json.loads(line)["scene"] for line in (folder / "scenes.jsonl").read_text().splitlines()]
+    assert [len(sc["objects"]) for sc in scenes] == [2] * 4  # the files are the last remake's, not the first's
+    assert all("text2box" in r["id"] for r in json.loads((folder / "train.json").read_text()))
+
+
 def test_rec_rows_split_by_relation(tmp_path: Path) -> None:
     rows = [{"img_path": "images/a.png", "expression": "the red cube", "bbox": [1, 2, 3, 4]},
             {"img_path": "images/a.png", "expression": "the cube left of the red sphere", "bbox": [1, 2, 3, 4]}]

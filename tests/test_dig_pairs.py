@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from PIL import Image
 
 from dig.cli import register_dig
 from dig.masks import box_region, mask_box
-from dig.pairs import PairConfig, generate_pairs, read_pairs
+from dig.pairs import PairConfig, generate_pairs, read_pairs, settings_file
 from dig.render_blender import RenderError, WorkerPool
 from dig.scene import Scene, scene_differences
 
@@ -161,7 +162,15 @@ def test_cli_generate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         parser.parse_args(["generate", "--out", "x", "--size", "big"])
     with pytest.raises(ValueError, match="--zoom"):
         PairConfig(out=tmp_path, zoom=0.0)
-    with pytest.raises(ValueError, match="zoom 2.0; this run asks for 96x72, zoom 1.0"):  # no silent mixing
+    same = {"difficulty": "single", "size": (96, 72), "zoom": 2.0, "min_objects": 2, "max_objects": 4}
+    generate_pairs(PairConfig(out=zoomed, n=5, **same), progress=False)  # the same settings extend the set
+    assert len(read_pairs(zoomed)) == 5
+    for other, named in (({"zoom": 1.0}, "zoom 2.0 (now 1.0)"), ({"seed": 5}, "seed 0 (now 5)"),
+                         ({"max_objects": 6}, "max_objects 4 (now 6)")):  # no silent mixing of two data sets
+        with pytest.raises(ValueError, match=re.escape(f"its 5 pairs were made with {named}")):
+            generate_pairs(PairConfig(out=zoomed, n=6, **(same | other)), progress=False)
+    settings_file(zoomed / "pairs.jsonl").unlink()  # a file from before the settings record: size and zoom
+    with pytest.raises(ValueError, match="zoom 2.0; this run asks for 96x72, zoom 1.0"):
         generate_pairs(PairConfig(out=zoomed, n=4, difficulty="single", size=(96, 72)), progress=False)
     with pytest.raises(ValueError, match="--zero-diff-fraction"):
         PairConfig(out=tmp_path, zero_diff_fraction=2.0)

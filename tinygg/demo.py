@@ -30,7 +30,7 @@ import shutil
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -139,16 +139,18 @@ def make_corpus(c: Corpus, out: Path, progress: bool = True) -> Path:
     from dig.synth import SynthConfig, generate_synth
 
     folder = out / c.name
+    cfg = SynthConfig(out=folder, n=c.n, min_objects=c.min_objects, max_objects=c.max_objects, zoom=c.zoom,
+                      tasks=c.tasks, relations=c.relations, seed=c.seed, val_fraction=c.val_fraction,
+                      test_fraction=c.test_fraction, turns=c.turns)
     info = folder / "synth_info.json"
-    if info.exists():
+    if info.exists():  # reuse a finished corpus only if every setting it was made with matches
         made = json.loads(info.read_text())["config"]
-        made_key = (made["n"], made.get("turns", 1), made["seed"], made.get("zoom", 1.0))
-        if made_key == (c.n, c.turns, c.seed, c.zoom):
+        def settings(sc: SynthConfig) -> dict:  # as synth_info.json records them (tuples become lists)
+            return json.loads(json.dumps({k: v for k, v in asdict(sc).items() if k != "out"}))
+        defaults = settings(SynthConfig(out=folder))  # for fields that older corpora did not record
+        if all(made.get(k, defaults[k]) == v for k, v in settings(cfg).items()):
             return folder
-    generate_synth(SynthConfig(out=folder, n=c.n, min_objects=c.min_objects, max_objects=c.max_objects,
-                               zoom=c.zoom, tasks=c.tasks, relations=c.relations, seed=c.seed,
-                               val_fraction=c.val_fraction, test_fraction=c.test_fraction, turns=c.turns),
-                   progress=progress)
+    generate_synth(cfg, progress=progress)
     return folder
 
 
