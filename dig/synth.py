@@ -12,6 +12,10 @@ Tasks (the paper's fine-grained grounding tasks, section 3.2), one sample each:
   colour, material or shape at random): the whole answer is the attribute, so its gradient is not shared
   with the rest of a description (docs/demo_recipe.md section 8: a colour-only question taught the tiny model
   colour with one of two data orders, box2text never did; this boxed form has not been trained on yet)
+* ``caption``: "Describe the image." -> "a large blue metal cube and a small red rubber sphere" (every visible
+  object, left to right; one per image): the paper's stage-1 image-caption alignment. On single-object scenes
+  at zoom 2 it taught the tiny model from random init all four attributes in 2000 steps (docs/demo_recipe.md
+  section 10); never grouped into conversations, where it would give a box2text answer away
 * ``object2box``: "Where is <object> in the image? ..." (``objects`` holds the crop's pixel box) -> box
 * ``text2object``: "Which option is the cube left of the blue sphere? (A) <object> (B) <object> ..." -> "(B)"
 
@@ -51,9 +55,10 @@ from tinygg.evaluate.rec import DEFAULT_PROMPT, make_prompt
 
 logger = logging.getLogger(__name__)
 
-TASKS: tuple[str, ...] = ("text2box", "box2text", "object2box", "text2object", "box2attr")
+TASKS: tuple[str, ...] = ("text2box", "box2text", "object2box", "text2object", "box2attr", "caption")
 RELATIONS: dict[str, str] = {"left": "left of", "right": "right of", "front": "in front of", "behind": "behind"}
 _WORD_ORDER = ("size", "color", "material", "shape")
+CAPTION_PROMPT = "Describe the image."
 _OPTION_LETTERS = "ABCD"
 
 _MAX_OPTION_IOU = 0.3  # options whose boxes overlap more than this are not shown together
@@ -205,7 +210,13 @@ def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg
     def pick(options: list[int]) -> list[int]:
         return [options[int(k)] for k in rng.permutation(len(options))[:cfg.per_image]]
 
-    for task in cfg.tasks:
+    captions: list[dict[str, Any]] = []
+    if "caption" in cfg.tasks and visible:
+        in_order = sorted(visible, key=lambda i: (boxes[i][0] + boxes[i][2], boxes[i][1] + boxes[i][3]))
+        captions.append({"id": f"{scene_id}_caption_0", "image": image, "conversations": [
+            {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"},
+            {"from": "gpt", "value": caption_text([scene.objects[i].describe() for i in in_order])}]})
+    for task in (t for t in cfg.tasks if t != "caption"):
         targets = pick(referable if task in ("text2box", "text2object") else visible)
         for k, i in enumerate(targets):
             sid = f"{scene_id}_{task}_{k}"
@@ -252,7 +263,17 @@ def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg
         order = [int(k) for k in rng.permutation(len(samples))]
         groups = group_turns([targets_of[k] for k in order], cfg.turns)
         samples = [as_conversation([samples[order[k]] for k in g]) for g in groups]
-    return samples, rec_rows
+    return samples + captions, rec_rows
+
+
+def caption_text(descriptions: list[str]) -> str:
+    """A scene caption from its objects' descriptions.
+
+    >>> caption_text(["large blue metal cube", "small red rubber sphere", "small gray metal cylinder"])
+    'a large blue metal cube, a small red rubber sphere and a small gray metal cylinder'
+    """
+    items = [f"a {d}" for d in descriptions]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def group_turns(targets: list[int], turns: int) -> list[list[int]]:

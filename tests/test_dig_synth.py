@@ -17,7 +17,7 @@ from dig.cli import register_synth
 from dig.masks import mask_box
 from dig.render_flat import render_mask
 from dig.scene import Scene, SceneObject
-from dig.synth import SynthConfig, generate_synth
+from dig.synth import SynthConfig, caption_text, generate_synth
 from tinygg.boxes import parse_boxes, square_to_pixel
 
 W, H = 128, 96
@@ -75,6 +75,7 @@ def test_expressions_are_unique_and_boxes_are_their_objects(corpus: Path) -> Non
     relational = 0
     attributes_asked: set[str] = set()
     masks: dict[str, np.ndarray] = {}
+    captioned: list[str] = []
     for split in ("train", "val", "test"):
         for s in json.loads((corpus / f"{split}.json").read_text()):
             assert scenes[s["image"]]["split"] == split
@@ -104,7 +105,14 @@ def test_expressions_are_unique_and_boxes_are_their_objects(corpus: Path) -> Non
             if m:
                 assert gpt == getattr(scene.objects[_object_in_box(m.group(2), scene, mask)], m.group(1))
                 attributes_asked.add(m.group(1))
+            if human == "<image>\nDescribe the image.":  # every visible object, left to right by box centre
+                seen = [(b[0] + b[2], b[1] + b[3], i) for i in range(len(scene))
+                        if (b := mask_box(mask, i + 1)) is not None
+                        and (mask == i + 1).sum() >= P.min_visible_pixels(W, H)]
+                assert gpt == caption_text([scene.objects[i].describe() for *_, i in sorted(seen)])
+                captioned.append(s["image"])
     assert relational > 0
+    assert sorted(captioned) == sorted(scenes)  # one caption per image
     assert attributes_asked == {"size", "color", "material", "shape"}  # box2attr asks about each attribute
 
 
@@ -145,7 +153,7 @@ def test_easy_single_object_data_and_the_cli(tmp_path: Path, capsys: pytest.Capt
         if s.get("objects"):  # object image -> box: the answer is the crop's own box
             assert np.abs(square_to_pixel(answer[0], 64, 48) - s["objects"][0]).max() <= 0.001 * 64 + 1e-9
     with pytest.raises(ValueError, match="--tasks"):
-        SynthConfig(out=tmp_path, tasks=("caption",))
+        SynthConfig(out=tmp_path, tasks=("summary",))
     args = parser.parse_args(["synth", "--out", str(tmp_path / "zoomed"), "--n", "8", "--size", "64x48",
                               "--min-objects", "1", "--max-objects", "1", "--tasks", "text2box", "--per-image", "1",
                               "--zoom", "2", "--no-progress"])
