@@ -173,6 +173,12 @@ class SynthConfig:
                              f"{self.val_fraction} + {self.test_fraction}")
 
 
+def config_record(cfg: SynthConfig) -> dict[str, Any]:
+    """``cfg`` as ``synth_info.json`` records it under ``config`` (tuples as lists, the path as a string)."""
+    return {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(cfg).items()}
+
+
 def _splits(cfg: SynthConfig) -> list[str]:
     """Split name per scene index: a seeded permutation, at least one val/test scene when asked for."""
     n = cfg.n
@@ -378,8 +384,7 @@ def generate_synth(cfg: SynthConfig, progress: bool = True) -> dict[str, int]:
     _write_json(out / "test_rec.jsonl", "".join(json.dumps(r) + "\n" for r in rec))
     _write_json(out / "scenes.jsonl", "".join(scenes))
     counts = {f"{k}.json": len(v) for k, v in data.items()} | {"test_rec.jsonl": len(rec)}
-    info = {"config": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
-                       for k, v in asdict(cfg).items()}, "counts": counts, "image_root": "."}
+    info = {"config": config_record(cfg), "counts": counts, "image_root": "."}
     _write_json(out / "synth_info.json", info)
     logger.info("synthetic corpus in %s: %s", out, counts)
     return counts

@@ -30,7 +30,7 @@ import shutil
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -136,7 +136,7 @@ def from_scratch_plan(hours: float) -> Plan:
 # ------------------------------------------------------------------------------------------------ data
 def make_corpus(c: Corpus, out: Path, progress: bool = True) -> Path:
     """Write (or find) one synthetic corpus; its folder is the image root of its samples."""
-    from dig.synth import SynthConfig, generate_synth
+    from dig.synth import SynthConfig, config_record, generate_synth
 
     folder = out / c.name
     cfg = SynthConfig(out=folder, n=c.n, min_objects=c.min_objects, max_objects=c.max_objects, zoom=c.zoom,
@@ -145,10 +145,8 @@ def make_corpus(c: Corpus, out: Path, progress: bool = True) -> Path:
     info = folder / "synth_info.json"
     if info.exists():  # reuse a finished corpus only if every setting it was made with matches
         made = json.loads(info.read_text())["config"]
-        def settings(sc: SynthConfig) -> dict:  # as synth_info.json records them (tuples become lists)
-            return json.loads(json.dumps({k: v for k, v in asdict(sc).items() if k != "out"}))
-        defaults = settings(SynthConfig(out=folder))  # for fields that older corpora did not record
-        if all(made.get(k, defaults[k]) == v for k, v in settings(cfg).items()):
+        defaults = config_record(SynthConfig(out=folder))  # for fields that older corpora did not record
+        if all(made.get(k, defaults[k]) == v for k, v in config_record(cfg).items() if k != "out"):
             return folder
     generate_synth(cfg, progress=progress)
     return folder
