@@ -102,9 +102,11 @@ def parse_json_answer(text: str) -> ParsedAnswer:
     except json.JSONDecodeError:
         pass
     candidates: list[str] = []
-    for fenced in _FENCE.findall(stripped):
-        candidates.append(fenced.strip())
-        inner = _first_balanced(fenced)
+    for fence in _FENCE.finditer(stripped):
+        candidates.append(fence.group(1).strip())
+        # scanned from the fence's start through the rest of the text: a ``` inside a JSON string ends the
+        # regex's match early, but not a string-aware bracket scan
+        inner = _first_balanced(stripped[fence.start(1):])
         if inner:
             candidates.append(inner)
     balanced = _first_balanced(stripped)
