@@ -140,3 +140,18 @@ def test_feature_cache_ranks_cover_every_picture_whatever_is_cached(rec_train_js
     cache.fill(ds, tower, rank=1, world=2)  # ... then rank 1 looks at the disk
     for i in range(len(ds)):
         assert ds[i]["vision_features"].shape == (1, model.config.num_image_tokens, model.config.vision_feature_dim)
+
+
+def test_feature_cache_fingerprint_tells_apart_the_layer_read_from_the_towers(tiny_model):
+    """Same tower weights read at another hidden layer give other features, so they must not share a cache."""
+    import copy
+
+    from tinygg.train.feature_cache import tower_fingerprint
+
+    model, _ = tiny_model
+    tower = model.model.vision_tower
+    other = copy.deepcopy(tower)
+    other.feature_layer = -1 if tower.feature_layer != -1 else -2
+    size = model.config.image_size
+    assert tower_fingerprint(tower, size) == tower_fingerprint(copy.deepcopy(tower), size)
+    assert tower_fingerprint(tower, size) != tower_fingerprint(other, size)

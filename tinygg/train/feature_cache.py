@@ -2,7 +2,8 @@
 
 Each distinct picture (an image, or an object crop of it) is run through the dual tower once; its
 ``(grid*grid, C)`` features are stored as float16 ``.npy`` under a key of (tower fingerprint, image path,
-box). The fingerprint hashes the towers' configuration and weights: other towers never read stale features.
+box). The fingerprint hashes the towers' weights, the image size and the hidden layer taken from each tower
+(``vision_feature_layer``): other towers, or the same towers read at another layer, never get stale features.
 
 Cost: ``pictures x grid^2 x C x 2`` bytes; 2.4 MB per picture for the real towers (576 x 2048), 16 KB
 for the tiny preset. Worth it for small fine-tuning sets and the CPU demo; for LLaVA-Pretrain-595k that is
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 def tower_fingerprint(tower: torch.nn.Module, image_size: int) -> str:
     h = hashlib.sha1()
     h.update(str(image_size).encode())
+    h.update(f"layer{getattr(tower, 'feature_layer', None)}".encode())
     for name, p in sorted(tower.state_dict().items()):
         t = p.detach().float()
         h.update(f"{name}{tuple(t.shape)}{t.sum().item():.6e}{t.abs().sum().item():.6e}".encode())
