@@ -1,0 +1,112 @@
+"""The binding problem of the tiny demo model in miniature (docs/demo_recipe.md, section 11).
+
+The tiny preset's Qwen2 reads ``G x G`` "image tokens" (a trainable two-layer projector of a colour one-hot, or
+background, plus the 2-D sin-cos position code of ``tinygg.vision.sincos_2d``), then ``SEP colour SEP``, and answers
+the asked object's row digit and column digit. Images hold two objects of different colours; one-object images,
+scored beside them, measure localisation alone (finding *an* object at random scores half of that on two objects).
+Accuracy: both digits right, teacher-forced, on 512 fresh images every 250 steps.
+
+    python scripts/experiments/binding_toy.py --grid 4 --steps 3000          # ~3-5 min on one core
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from tinygg.configuration import TINY
+from tinygg.vision import sincos_2d
+
+COLOURS, COLOUR_IDS, DIGIT_IDS, SEP, VOCAB = 8, 20, 40, 50, 64
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--grid", type=int, default=8, help="image tokens per side (8: the tiny preset's 64 tokens)")
+    ap.add_argument("--steps", type=int, default=3000, help="length of the cosine schedule")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiplier of the image tokens")
+    ap.add_argument("--untie", action="store_true", help="separate input and output embeddings")
+    ap.add_argument("--qk-init", type=float, default=1.0, help="multiplier of the q / k projection init")
+    ap.add_argument("--one-object-steps", type=int, default=0, help="first N steps on one-object images only")
+    ap.add_argument("--shared", action="store_true", help="object tokens also carry their colour word's embedding")
+    ap.add_argument("--at-word", action="store_true", help="predict the row at the colour word (no SEP after it)")
+    ap.add_argument("--question-first", action="store_true", help="SEP colour, then the image, then SEP row col")
+    a = ap.parse_args(argv)
+
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(1)
+    text = dict(TINY["text"], tie_word_embeddings=not a.untie)
+    lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=VOCAB, **text))
+    g, dim = a.grid, lm.config.hidden_size
+    pos = sincos_2d(g, 64)
+    with torch.no_grad():
+        for layer in lm.model.layers:
+            layer.self_attn.q_proj.weight.mul_(a.qk_init)
+            layer.self_attn.k_proj.weight.mul_(a.qk_init)
+    proj = torch.nn.Sequential(torch.nn.Linear(COLOURS + 1 + 64, dim), torch.nn.GELU(), torch.nn.Linear(dim, dim))
+    opt = torch.optim.AdamW(list(lm.parameters()) + list(proj.parameters()), lr=a.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1, s / 60) * 0.5 * (1 + math.cos(math.pi * s / a.steps)))
+    embed = lm.get_input_embeddings()
+
+    def batch(n: int, one: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        cells = torch.stack([torch.randperm(g * g)[:2] for _ in range(n)])
+        cols = torch.stack([torch.randperm(COLOURS)[:2] for _ in range(n)])
+        feat = torch.zeros(n, g * g, COLOURS + 1)
+        feat[..., COLOURS] = 1  # background
+        for b in range(n):
+            for k in range(1 if one else 2):
+                feat[b, cells[b, k]] = 0
+                feat[b, cells[b, k], cols[b, k]] = 1
+        feat = torch.cat([feat, pos.expand(n, -1, -1)], -1)
+        which = torch.zeros(n, dtype=torch.long) if one else torch.randint(0, 2, (n,))
+        cell = cells[torch.arange(n), which]
+        ids = torch.stack([torch.full((n,), SEP), COLOUR_IDS + cols[torch.arange(n), which], torch.full((n,), SEP),
+                           DIGIT_IDS + cell // g, DIGIT_IDS + cell % g], 1)
+        return feat, ids
+
+    def forward(feat: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        img = proj(feat) * a.scale
+        if a.shared:
+            has = feat[..., :COLOURS].sum(-1, keepdim=True)
+            img = img + has * embed(COLOUR_IDS + feat[..., :COLOURS].argmax(-1))
+        if a.at_word:
+            ids = torch.cat([ids[:, :2], ids[:, 3:]], 1)
+        emb = embed(ids)
+        n = g * g
+        if a.question_first:
+            logits = lm(inputs_embeds=torch.cat([emb[:, :2], img, emb[:, 2:]], 1)).logits
+            return logits[:, n + 2:n + 4], ids[:, 3:5]
+        logits = lm(inputs_embeds=torch.cat([img, emb], 1)).logits
+        if a.at_word:
+            return logits[:, n + 1:n + 3], ids[:, 2:4]
+        return logits[:, n + 2:n + 4], ids[:, 3:5]
+
+    def accuracy(one: bool) -> float:
+        pred, gold = forward(*batch(512, one=one))
+        return (pred.argmax(-1) == gold).all(-1).float().mean().item()
+
+    t0 = time.time()
+    for step in range(1, a.steps + 1):
+        pred, gold = forward(*batch(a.batch, one=step <= a.one_object_steps))
+        loss = torch.nn.functional.cross_entropy(pred.reshape(-1, VOCAB), gold.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 250 == 0 or step == a.steps:
+            with torch.no_grad():
+                two, one = accuracy(False), accuracy(True)
+            print(f"step {step} loss {loss.item():.3f} two objects {two:.3f} one object {one:.3f} "
+                  f"{time.time() - t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
