@@ -6,14 +6,15 @@ import runpy
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "experiments" / "binding_toy.py"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "scripts" / "experiments"
+SCRIPT = EXPERIMENTS / "binding_toy.py"
 
 
-def _run(capsys, *args):
+def _run(capsys, *args, script=SCRIPT):
     argv = sys.argv
-    sys.argv = [str(SCRIPT), *args]
+    sys.argv = [str(script), *args]
     try:
-        runpy.run_path(str(SCRIPT), run_name="__main__")
+        runpy.run_path(str(script), run_name="__main__")
     finally:
         sys.argv = argv
     return [tuple(map(float, m)) for m in re.findall(r"two objects ([\d.]+) one object ([\d.]+)", capsys.readouterr().out)]
@@ -21,7 +22,14 @@ def _run(capsys, *args):
 
 def test_every_variant_runs(capsys):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    for flags in ([], ["--shared", "--at-word"], ["--question-first", "--untie", "--qk-init", "2"]):
+    for flags in ([], ["--shared", "--at-word", "--layers", "1"],
+                  ["--question-first", "--untie", "--embed-std", "0.2", "--qk-init", "2", "--heads", "2"]):
         rows = _run(capsys, "--grid", "2", "--steps", "2", "--batch", "2", *flags)
         assert len(rows) == 1 and all(0.0 <= v <= 1.0 for v in rows[0])
 
+
+
+def test_every_variant_of_the_attention_toy_runs(capsys):
+    for flags in ([], ["--input-norm", "--heads", "2"], ["--readout", "residual-norm", "--embed-std", "0.2"]):
+        rows = _run(capsys, "--steps", "3", *flags, script=EXPERIMENTS / "binding_toy_attention.py")
+        assert len(rows) == 1 and all(0.0 <= v <= 1.0 for v in rows[0])

@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="multiplier of the image tokens")
+    ap.add_argument("--layers", type=int, default=TINY["text"]["num_hidden_layers"])
+    ap.add_argument("--heads", type=int, default=TINY["text"]["num_attention_heads"],
+                    help="attention heads (as many key / value heads when changed)")
+    ap.add_argument("--rope-theta", type=float, default=TINY["text"]["rope_parameters"]["rope_theta"])
+    ap.add_argument("--embed-std", type=float, default=None, help="re-initialise the input embeddings with this std")
     ap.add_argument("--untie", action="store_true", help="separate input and output embeddings")
     ap.add_argument("--qk-init", type=float, default=1.0, help="multiplier of the q / k projection init")
     ap.add_argument("--one-object-steps", type=int, default=0, help="first N steps on one-object images only")
@@ -42,11 +47,16 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(a.seed)
     torch.set_num_threads(1)
-    text = dict(TINY["text"], tie_word_embeddings=not a.untie)
+    text = dict(TINY["text"], tie_word_embeddings=not a.untie, num_hidden_layers=a.layers)
+    text["rope_parameters"] = dict(text["rope_parameters"], rope_theta=a.rope_theta)
+    if a.heads != TINY["text"]["num_attention_heads"]:
+        text.update(num_attention_heads=a.heads, num_key_value_heads=a.heads)
     lm = Qwen2ForCausalLM(Qwen2Config(vocab_size=VOCAB, **text))
     g, dim = a.grid, lm.config.hidden_size
     pos = sincos_2d(g, 64)
     with torch.no_grad():
+        if a.embed_std is not None:
+            lm.get_input_embeddings().weight.normal_(0.0, a.embed_std)
         for layer in lm.model.layers:
             layer.self_attn.q_proj.weight.mul_(a.qk_init)
             layer.self_attn.k_proj.weight.mul_(a.qk_init)
