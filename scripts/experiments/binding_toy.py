@@ -24,6 +24,22 @@ from tinygg.vision import sincos_2d
 COLOURS, COLOUR_IDS, DIGIT_IDS, SEP, VOCAB = 8, 20, 40, 50, 64
 
 
+def sample_scenes(n: int, g: int, pos: torch.Tensor, one: bool = False):
+    """``n`` random images of two objects (or one) of different colours on a ``g x g`` grid: token features
+    ``(n, g*g, colours + 1 + position channels)``, the asked object's colour and its cell."""
+    cells = torch.stack([torch.randperm(g * g)[:2] for _ in range(n)])
+    cols = torch.stack([torch.randperm(COLOURS)[:2] for _ in range(n)])
+    feat = torch.zeros(n, g * g, COLOURS + 1)
+    feat[..., COLOURS] = 1  # background
+    for b in range(n):
+        for k in range(1 if one else 2):
+            feat[b, cells[b, k]] = 0
+            feat[b, cells[b, k], cols[b, k]] = 1
+    feat = torch.cat([feat, pos.expand(n, -1, -1)], -1)
+    which = torch.zeros(n, dtype=torch.long) if one else torch.randint(0, 2, (n,))
+    return feat, cols[torch.arange(n), which], cells[torch.arange(n), which]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--grid", type=int, default=8, help="image tokens per side (8: the tiny preset's 64 tokens)")
@@ -67,18 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     embed = lm.get_input_embeddings()
 
     def batch(n: int, one: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        cells = torch.stack([torch.randperm(g * g)[:2] for _ in range(n)])
-        cols = torch.stack([torch.randperm(COLOURS)[:2] for _ in range(n)])
-        feat = torch.zeros(n, g * g, COLOURS + 1)
-        feat[..., COLOURS] = 1  # background
-        for b in range(n):
-            for k in range(1 if one else 2):
-                feat[b, cells[b, k]] = 0
-                feat[b, cells[b, k], cols[b, k]] = 1
-        feat = torch.cat([feat, pos.expand(n, -1, -1)], -1)
-        which = torch.zeros(n, dtype=torch.long) if one else torch.randint(0, 2, (n,))
-        cell = cells[torch.arange(n), which]
-        ids = torch.stack([torch.full((n,), SEP), COLOUR_IDS + cols[torch.arange(n), which], torch.full((n,), SEP),
+        feat, colour, cell = sample_scenes(n, g, pos, one)
+        ids = torch.stack([torch.full((n,), SEP), COLOUR_IDS + colour, torch.full((n,), SEP),
                            DIGIT_IDS + cell // g, DIGIT_IDS + cell % g], 1)
         return feat, ids
 

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from binding_toy import COLOURS, sample_scenes
+
 from tinygg.vision import sincos_2d
 
-G, COLOURS, DIM = 4, 8, 192
+G, DIM = 4, 192
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,18 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     h = a.heads
 
     def batch(n: int, one: bool = False):
-        cells = torch.stack([torch.randperm(G * G)[:2] for _ in range(n)])
-        cols = torch.stack([torch.randperm(COLOURS)[:2] for _ in range(n)])
-        feat = torch.zeros(n, G * G, COLOURS + 1)
-        feat[..., COLOURS] = 1
-        for b in range(n):
-            for k in range(1 if one else 2):
-                feat[b, cells[b, k]] = 0
-                feat[b, cells[b, k], cols[b, k]] = 1
-        feat = torch.cat([feat, pos.expand(n, -1, -1)], -1)
-        which = torch.zeros(n, dtype=torch.long) if one else torch.randint(0, 2, (n,))
-        cell = cells[torch.arange(n), which]
-        return feat, cols[torch.arange(n), which], cell // G, cell % G
+        feat, colour, cell = sample_scenes(n, G, pos, one)
+        return feat, colour, cell // G, cell % G
 
     def forward(feat, colour):
         x = proj(feat)
