@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--at-word", action="store_true", help="predict the row at the colour word (no SEP after it)")
     ap.add_argument("--question-first", action="store_true", help="SEP colour, then the image, then SEP row col")
     a = ap.parse_args(argv)
+    if a.at_word and a.question_first:  # both move the answer's positions; only one layout at a time
+        ap.error("--at-word and --question-first cannot be combined")
 
     torch.manual_seed(a.seed)
     torch.set_num_threads(1)

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 def tower_fingerprint(tower: torch.nn.Module, image_size: int) -> str:
     h = hashlib.sha1()
     h.update(str(image_size).encode())
-    h.update(f"layer{getattr(tower, 'feature_layer', None)}".encode())
+    h.update(f"layer{tower.feature_layer}".encode())
     for name, p in sorted(tower.state_dict().items()):
         t = p.detach().float()
         h.update(f"{name}{tuple(t.shape)}{t.sum().item():.6e}{t.abs().sum().item():.6e}".encode())
