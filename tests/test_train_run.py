@@ -21,8 +21,9 @@ def _cfg(rec_train_json, out, *extra):
 
 def _weights(final):
     """The exported weights under the model's own parameter names (files keep the hub's original names)."""
-    import tinygg  # noqa: F401
     from transformers import AutoModelForImageTextToText
+
+    import tinygg  # noqa: F401
 
     return AutoModelForImageTextToText.from_pretrained(final).state_dict()
 
@@ -32,8 +33,9 @@ def _losses(out):
 
 
 def test_stage_run_loss_falls_and_exports(rec_train_json, tmp_path):
-    import tinygg  # noqa: F401
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import tinygg  # noqa: F401
 
     out = tmp_path / "run"
     final = run(_cfg(rec_train_json, out, "max_steps=8"))
@@ -75,8 +77,9 @@ def test_projector_only_changes_no_other_weight(rec_train_json, tmp_path):
 
 
 def test_lora_is_merged_on_export(rec_train_json, tmp_path):
-    import tinygg  # noqa: F401
     from transformers import AutoModelForImageTextToText
+
+    import tinygg  # noqa: F401
 
     out = tmp_path / "lora"
     final = run(_cfg(rec_train_json, out, "max_steps=3", "freeze.llm=lora", "lora.r=4", "lora.alpha=8"))
@@ -155,3 +158,26 @@ def test_feature_cache_fingerprint_tells_apart_the_layer_read_from_the_towers(ti
     size = model.config.image_size
     assert tower_fingerprint(tower, size) == tower_fingerprint(copy.deepcopy(tower), size)
     assert tower_fingerprint(tower, size) != tower_fingerprint(other, size)
+
+
+def test_feature_cache_keys_follow_the_image_contents_not_its_path(tmp_path):
+    """An image rewritten in place gets a new key (no stale features); a copy elsewhere shares the entry."""
+    import os
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from tinygg.train.feature_cache import FeatureCache
+
+    cache = FeatureCache(tmp_path / "cache", "fp")
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    box = [0.1, 0.2, 0.5, 0.6]
+    first = cache.key(img, None), cache.key(img, box)
+    assert first[0] != first[1]
+    shutil.copy(img, tmp_path / "copy.png")
+    assert (cache.key(tmp_path / "copy.png", None), cache.key(tmp_path / "copy.png", box)) == first
+    Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(img)
+    os.utime(img, ns=(1, 1))  # even with an old modification time, the new size/mtime pair is read anew
+    assert cache.key(img, None) != first[0] and cache.key(img, box) != first[1]

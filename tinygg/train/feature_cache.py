@@ -1,9 +1,11 @@
 """A disk cache of frozen-tower features, so stages that keep the towers frozen skip them entirely.
 
 Each distinct picture (an image, or an object crop of it) is run through the dual tower once; its
-``(grid*grid, C)`` features are stored as float16 ``.npy`` under a key of (tower fingerprint, image path,
-box). The fingerprint hashes the towers' weights, the image size and the hidden layer taken from each tower
-(``vision_feature_layer``): other towers, or the same towers read at another layer, never get stale features.
+``(grid*grid, C)`` features are stored as float16 ``.npy`` under a key of (tower fingerprint, image file
+contents, box). The fingerprint hashes the towers' weights, the image size and the hidden layer taken from each
+tower (``vision_feature_layer``): other towers, or the same towers read at another layer, never get stale
+features. The image enters the key by the SHA-1 of its bytes, not its path, so an image rewritten in place gets
+new features, and a corpus moved or copied elsewhere keeps its cache.
 
 Cost: ``pictures x grid^2 x C x 2`` bytes; 2.4 MB per picture for the real towers (576 x 2048), 16 KB
 for the tiny preset. Worth it for small fine-tuning sets and the CPU demo; for LLaVA-Pretrain-595k that is
@@ -15,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,9 +41,19 @@ class FeatureCache:
         self.dir = Path(directory) / fingerprint
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint
+        self._digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> SHA-1 of the file's bytes
+
+    def content_digest(self, image_path: Path) -> str:
+        """SHA-1 of the image file, read once per (path, size, modification time)."""
+        st = Path(image_path).stat()
+        memo = (str(image_path), st.st_size, st.st_mtime_ns)
+        if memo not in self._digests:
+            self._digests[memo] = hashlib.sha1(Path(image_path).read_bytes()).hexdigest()
+        return self._digests[memo]
 
     def key(self, image_path: Path, box: Sequence[float] | None) -> str:
-        ident = json.dumps([str(image_path), None if box is None else [round(float(v), 3) for v in box]])
+        ident = json.dumps([self.content_digest(image_path),
+                            None if box is None else [round(float(v), 3) for v in box]])
         return hashlib.sha1(ident.encode()).hexdigest()
 
     def path(self, key: str) -> Path:
