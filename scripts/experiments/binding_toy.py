@@ -24,9 +24,10 @@ from tinygg.vision import sincos_2d
 COLOURS, COLOUR_IDS, DIGIT_IDS, SEP, VOCAB = 8, 20, 40, 50, 64
 
 
-def sample_scenes(n: int, g: int, pos: torch.Tensor, one: bool = False):
+def sample_scenes(n: int, g: int, pos: torch.Tensor, one: bool = False, paired: bool = False):
     """``n`` random images of two objects (or one) of different colours on a ``g x g`` grid: token features
-    ``(n, g*g, colours + 1 + position channels)``, the asked object's colour and its cell."""
+    ``(n, g*g, colours + 1 + position channels)``, the asked object's colour and its cell. ``paired``: rows
+    ``2i`` and ``2i + 1`` hold the same image and ask for its two objects (``n`` even)."""
     cells = torch.stack([torch.randperm(g * g)[:2] for _ in range(n)])
     cols = torch.stack([torch.randperm(COLOURS)[:2] for _ in range(n)])
     feat = torch.zeros(n, g * g, COLOURS + 1)
@@ -37,6 +38,10 @@ def sample_scenes(n: int, g: int, pos: torch.Tensor, one: bool = False):
             feat[b, cells[b, k], cols[b, k]] = 1
     feat = torch.cat([feat, pos.expand(n, -1, -1)], -1)
     which = torch.zeros(n, dtype=torch.long) if one else torch.randint(0, 2, (n,))
+    if paired and not one:
+        keep = torch.arange(n) // 2 * 2  # row 2i + 1 repeats image 2i and asks for the other object
+        feat, cells, cols = feat[keep], cells[keep], cols[keep]
+        which = torch.arange(n) % 2
     return feat, cols[torch.arange(n), which], cells[torch.arange(n), which]
 
 
@@ -46,6 +51,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=3000, help="length of the cosine schedule")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--wd", type=float, default=0.0, help="AdamW weight decay")
+    ap.add_argument("--constant-lr", action="store_true", help="no cosine decay after the warm-up")
+    ap.add_argument("--paired", action="store_true",
+                    help="each image is asked about both of its objects, as two rows of the same batch")
+    ap.add_argument("--text-weight", type=float, default=0.0,
+                    help="also train, with this loss weight, on the same lookup in text: 'c1 r1 k1 c2 r2 k2 SEP c SEP r k'")
+    ap.add_argument("--aux-at-word", type=float, default=0.0,
+                    help="also ask for the row at the colour word itself, with this loss weight (the answer stays at SEP)")
+    ap.add_argument("--text-only", action="store_true", help="train on the text task alone")
+    ap.add_argument("--text-steps", type=int, default=None, help="the text task only for the first N steps")
+    ap.add_argument("--hidden", type=int, default=None, help="hidden size (MLP 4x; the tiny preset's when unset)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="multiplier of the image tokens")
     ap.add_argument("--layers", type=int, default=TINY["text"]["num_hidden_layers"])
@@ -62,10 +78,16 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.at_word and a.question_first:  # both move the answer's positions; only one layout at a time
         ap.error("--at-word and --question-first cannot be combined")
+    if a.text_only:
+        a.text_weight = a.text_weight or 1.0
+    if a.text_weight and (a.at_word or a.question_first):
+        ap.error("--text-weight uses the default layout (SEP colour SEP row col)")
 
     torch.manual_seed(a.seed)
     torch.set_num_threads(1)
     text = dict(TINY["text"], tie_word_embeddings=not a.untie, num_hidden_layers=a.layers)
+    if a.hidden is not None:
+        text.update(hidden_size=a.hidden, intermediate_size=4 * a.hidden)
     text["rope_parameters"] = dict(text["rope_parameters"], rope_theta=a.rope_theta)
     if a.heads != TINY["text"]["num_attention_heads"]:
         text.update(num_attention_heads=a.heads, num_key_value_heads=a.heads)
@@ -79,13 +101,13 @@ def main(argv: list[str] | None = None) -> None:
             layer.self_attn.q_proj.weight.mul_(a.qk_init)
             layer.self_attn.k_proj.weight.mul_(a.qk_init)
     proj = torch.nn.Sequential(torch.nn.Linear(COLOURS + 1 + 64, dim), torch.nn.GELU(), torch.nn.Linear(dim, dim))
-    opt = torch.optim.AdamW(list(lm.parameters()) + list(proj.parameters()), lr=a.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(list(lm.parameters()) + list(proj.parameters()), lr=a.lr, weight_decay=a.wd)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1, s / 60) * 0.5 * (1 + math.cos(math.pi * s / a.steps)))
+        opt, lambda s: min(1, s / 60) * (1.0 if a.constant_lr else 0.5 * (1 + math.cos(math.pi * s / a.steps))))
     embed = lm.get_input_embeddings()
 
-    def batch(n: int, one: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        feat, colour, cell = sample_scenes(n, g, pos, one)
+    def batch(n: int, one: bool = False, paired: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        feat, colour, cell = sample_scenes(n, g, pos, one, paired)
         ids = torch.stack([torch.full((n,), SEP), COLOUR_IDS + colour, torch.full((n,), SEP),
                            DIGIT_IDS + cell // g, DIGIT_IDS + cell % g], 1)
         return feat, ids
@@ -105,7 +127,25 @@ def main(argv: list[str] | None = None) -> None:
         logits = lm(inputs_embeds=torch.cat([img, emb], 1)).logits
         if a.at_word:
             return logits[:, n + 1:n + 3], ids[:, 2:4]
+        if a.aux_at_word and torch.is_grad_enabled():  # training; positions: word -> row (auxiliary), SEP -> row, row -> col
+            return (torch.cat([logits[:, n + 1:n + 2], logits[:, n + 2:n + 4]], 1),
+                    torch.cat([ids[:, 3:4], ids[:, 3:5]], 1))
         return logits[:, n + 2:n + 4], ids[:, 3:5]
+
+    def text_batch(n: int) -> torch.Tensor:
+        """The lookup in words: both objects' colour, row and column, then the question and the answer."""
+        cells = torch.stack([torch.randperm(g * g)[:2] for _ in range(n)])
+        cols = torch.stack([torch.randperm(COLOURS)[:2] for _ in range(n)])
+        which = torch.randint(0, 2, (n,))
+        scene = [t for k in range(2) for t in (COLOUR_IDS + cols[:, k], DIGIT_IDS + cells[:, k] // g,
+                                                DIGIT_IDS + cells[:, k] % g)]
+        ask, cell = cols[torch.arange(n), which], cells[torch.arange(n), which]
+        return torch.stack(scene + [torch.full((n,), SEP), COLOUR_IDS + ask, torch.full((n,), SEP),
+                                    DIGIT_IDS + cell // g, DIGIT_IDS + cell % g], 1)
+
+    def text_loss(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = lm(input_ids=ids).logits[:, -3:-1]
+        return logits, ids[:, -2:]
 
     def accuracy(one: bool) -> float:
         pred, gold = forward(*batch(512, one=one))
@@ -113,8 +153,18 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.time()
     for step in range(1, a.steps + 1):
-        pred, gold = forward(*batch(a.batch, one=step <= a.one_object_steps))
-        loss = torch.nn.functional.cross_entropy(pred.reshape(-1, VOCAB), gold.reshape(-1))
+        loss = torch.zeros(())
+        if not a.text_only:
+            pred, gold = forward(*batch(a.batch, one=step <= a.one_object_steps, paired=a.paired))
+            if a.aux_at_word:
+                weight = torch.tensor([a.aux_at_word, 1.0, 1.0]).expand(len(gold), -1).reshape(-1)
+                each = torch.nn.functional.cross_entropy(pred.reshape(-1, VOCAB), gold.reshape(-1), reduction="none")
+                loss = (each * weight).sum() / (2 * len(gold))
+            else:
+                loss = torch.nn.functional.cross_entropy(pred.reshape(-1, VOCAB), gold.reshape(-1))
+        if a.text_weight and (a.text_steps is None or step <= a.text_steps):
+            tp, tg = text_loss(text_batch(a.batch))
+            loss = loss + a.text_weight * torch.nn.functional.cross_entropy(tp.reshape(-1, VOCAB), tg.reshape(-1))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -122,7 +172,11 @@ def main(argv: list[str] | None = None) -> None:
         if step % 250 == 0 or step == a.steps:
             with torch.no_grad():
                 two, one = accuracy(False), accuracy(True)
-            print(f"step {step} loss {loss.item():.3f} two objects {two:.3f} one object {one:.3f} "
+                words = ""
+                if a.text_weight:  # only then: drawing these would change the data of the other runs
+                    tp, tg = text_loss(text_batch(512))
+                    words = f"text {(tp.argmax(-1) == tg).all(-1).float().mean().item():.3f} "
+            print(f"step {step} loss {loss.item():.3f} two objects {two:.3f} one object {one:.3f} {words}"
                   f"{time.time() - t0:.0f}s", flush=True)
 
 
