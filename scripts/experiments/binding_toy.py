@@ -24,12 +24,17 @@ from tinygg.vision import sincos_2d
 COLOURS, COLOUR_IDS, DIGIT_IDS, SEP, VOCAB = 8, 20, 40, 50, 64
 
 
+def draw_objects(n: int, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two distinct cells of the ``g x g`` grid and two distinct colours for each of ``n`` scenes."""
+    cells = torch.stack([torch.randperm(g * g)[:2] for _ in range(n)])
+    return cells, torch.stack([torch.randperm(COLOURS)[:2] for _ in range(n)])
+
+
 def sample_scenes(n: int, g: int, pos: torch.Tensor, one: bool = False, paired: bool = False):
     """``n`` random images of two objects (or one) of different colours on a ``g x g`` grid: token features
     ``(n, g*g, colours + 1 + position channels)``, the asked object's colour and its cell. ``paired``: rows
     ``2i`` and ``2i + 1`` hold the same image and ask for its two objects (``n`` even)."""
-    cells = torch.stack([torch.randperm(g * g)[:2] for _ in range(n)])
-    cols = torch.stack([torch.randperm(COLOURS)[:2] for _ in range(n)])
+    cells, cols = draw_objects(n, g)
     feat = torch.zeros(n, g * g, COLOURS + 1)
     feat[..., COLOURS] = 1  # background
     for b in range(n):
@@ -134,8 +139,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def text_batch(n: int) -> torch.Tensor:
         """The lookup in words: both objects' colour, row and column, then the question and the answer."""
-        cells = torch.stack([torch.randperm(g * g)[:2] for _ in range(n)])
-        cols = torch.stack([torch.randperm(COLOURS)[:2] for _ in range(n)])
+        cells, cols = draw_objects(n, g)
         which = torch.randint(0, 2, (n,))
         scene = [t for k in range(2) for t in (COLOUR_IDS + cols[:, k], DIGIT_IDS + cells[:, k] // g,
                                                 DIGIT_IDS + cells[:, k] % g)]
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         return torch.stack(scene + [torch.full((n,), SEP), COLOUR_IDS + ask, torch.full((n,), SEP),
                                     DIGIT_IDS + cell // g, DIGIT_IDS + cell % g], 1)
 
-    def text_loss(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_forward(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = lm(input_ids=ids).logits[:, -3:-1]
         return logits, ids[:, -2:]
 
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 loss = torch.nn.functional.cross_entropy(pred.reshape(-1, VOCAB), gold.reshape(-1))
         if a.text_weight and (a.text_steps is None or step <= a.text_steps):
-            tp, tg = text_loss(text_batch(a.batch))
+            tp, tg = text_forward(text_batch(a.batch))
             loss = loss + a.text_weight * torch.nn.functional.cross_entropy(tp.reshape(-1, VOCAB), tg.reshape(-1))
         opt.zero_grad()
         loss.backward()
@@ -174,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
                 two, one = accuracy(False), accuracy(True)
                 words = ""
                 if a.text_weight:  # only then: drawing these would change the data of the other runs
-                    tp, tg = text_loss(text_batch(512))
+                    tp, tg = text_forward(text_batch(512))
                     words = f"text {(tp.argmax(-1) == tg).all(-1).float().mean().item():.3f} "
             print(f"step {step} loss {loss.item():.3f} two objects {two:.3f} one object {one:.3f} {words}"
                   f"{time.time() - t0:.0f}s", flush=True)

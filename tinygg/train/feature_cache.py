@@ -4,7 +4,7 @@ Each distinct picture (an image, or an object crop of it) is run through the dua
 ``(grid*grid, C)`` features are stored as float16 ``.npy`` under a key of (tower fingerprint, image file
 contents, box). The fingerprint hashes the towers' weights, the image size and the hidden layer taken from each
 tower (``vision_feature_layer``): other towers, or the same towers read at another layer, never get stale
-features. The image enters the key by the SHA-1 of its bytes, not its path, so an image rewritten in place gets
+features. The image enters the key by the SHA-256 of its bytes, not its path, so an image rewritten in place gets
 new features, and a corpus moved or copied elsewhere keeps its cache.
 
 Cost: ``pictures x grid^2 x C x 2`` bytes; 2.4 MB per picture for the real towers (576 x 2048), 16 KB
@@ -41,18 +41,12 @@ class FeatureCache:
         self.dir = Path(directory) / fingerprint
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fingerprint = fingerprint
-        self._digests: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> SHA-1 of the file's bytes
-
-    def content_digest(self, image_path: Path) -> str:
-        """SHA-1 of the image file, read once per (path, size, modification time)."""
-        st = Path(image_path).stat()
-        memo = (str(image_path), st.st_size, st.st_mtime_ns)
-        if memo not in self._digests:
-            self._digests[memo] = hashlib.sha1(Path(image_path).read_bytes()).hexdigest()
-        return self._digests[memo]
+        self._stamps: dict[str, dict] = {}  # path -> size, mtime and sha256 of the image file (file_digest)
 
     def key(self, image_path: Path, box: Sequence[float] | None) -> str:
-        ident = json.dumps([self.content_digest(image_path),
+        from model_zoo.integrity import file_digest  # re-hashes a file only when its size or mtime changed
+
+        ident = json.dumps([file_digest(Path(), str(image_path), self._stamps),
                             None if box is None else [round(float(v), 3) for v in box]])
         return hashlib.sha1(ident.encode()).hexdigest()
 
