@@ -19,6 +19,13 @@ Tasks (the paper's fine-grained grounding tasks, section 3.2), one sample each:
   answer away
 * ``object2box``: "Where is <object> in the image? ..." (``objects`` holds the crop's pixel box) -> box
 * ``text2object``: "Which option is the cube left of the blue sphere? (A) <object> (B) <object> ..." -> "(B)"
+* ``list2box``: no image. "Objects: a large blue rubber sphere [..]; a small red metal cube [..].\n" then the
+  ``text2box`` prompt for one of them ("Output the coordinate of the red cube") -> its box, copied from the list.
+  The same lookup as ``text2box`` (match the expression's words against the objects, answer the matching box)
+  written in words, where a language model learns it as associative recall; in a toy, teaching it beside the
+  image task was what made a 4-layer model bind words to image objects (docs/demo_recipe.md section 12). Objects
+  are listed in random order, each with its full description; the expression is attribute-only (relations would
+  ask for arithmetic on coordinates); never grouped into conversations
 
 Expressions name attributes in CLEVR's order (size, colour, material, shape; "object" when the shape is
 left out) and may add one spatial relation to a uniquely described anchor ("left of", "right of",
@@ -56,10 +63,11 @@ from tinygg.evaluate.rec import DEFAULT_PROMPT, make_prompt
 
 logger = logging.getLogger(__name__)
 
-TASKS: tuple[str, ...] = ("text2box", "box2text", "object2box", "text2object", "box2attr", "caption")
+TASKS: tuple[str, ...] = ("text2box", "box2text", "object2box", "text2object", "box2attr", "caption", "list2box")
 RELATIONS: dict[str, str] = {"left": "left of", "right": "right of", "front": "in front of", "behind": "behind"}
 _WORD_ORDER = ("size", "color", "material", "shape")
 CAPTION_PROMPT = "Describe the image."
+LIST_PREFIX = "Objects: "
 _OPTION_LETTERS = "ABCD"
 
 _MAX_OPTION_IOU = 0.3  # options whose boxes overlap more than this are not shown together
@@ -223,7 +231,7 @@ def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg
         captions.append({"id": f"{scene_id}_caption_0", "image": image, "conversations": [
             {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"},
             {"from": "gpt", "value": caption_text([scene.objects[i].describe() for i in in_order])}]})
-    for task in (t for t in cfg.tasks if t != "caption"):
+    for task in (t for t in cfg.tasks if t not in ("caption", "list2box")):
         targets = pick(referable if task in ("text2box", "text2object") else visible)
         for k, i in enumerate(targets):
             sid = f"{scene_id}_{task}_{k}"
@@ -270,7 +278,28 @@ def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg
         order = [int(k) for k in rng.permutation(len(samples))]
         groups = group_turns([targets_of[k] for k in order], cfg.turns)
         samples = [as_conversation([samples[order[k]] for k in g]) for g in groups]
+    if "list2box" in cfg.tasks:  # drawn last, so the other tasks' samples do not depend on it
+        samples += list_samples(scene, boxes, scene_id, cfg.per_image, rng, w, h)
     return samples + captions, rec_rows
+
+
+def list_samples(scene: Scene, boxes: dict[int, list[int]], scene_id: str, n: int, rng: np.random.Generator,
+                 w: int, h: int) -> list[dict[str, Any]]:
+    """Up to ``n`` text-only ``list2box`` samples: the visible objects (``boxes``: pixel box per object index)
+    listed in a random order with their boxes, then the REC prompt for one with an attribute-only expression."""
+    plain = {i: unique_expressions(scene, i, relations=False) for i in boxes}
+    referable = [i for i in boxes if plain[i]]
+    out = []
+    for k, m in enumerate(rng.permutation(len(referable))[:n]):
+        i = referable[int(m)]
+        listed = [int(j) for j in rng.permutation(sorted(boxes))]
+        listing = "; ".join(f"a {scene.objects[j].describe()} {format_box(pixel_to_square(boxes[j], w, h))}"
+                            for j in listed)
+        text = plain[i][int(rng.integers(len(plain[i])))].text()
+        out.append({"id": f"{scene_id}_list2box_{k}", "conversations": [
+            {"from": "human", "value": f"{LIST_PREFIX}{listing}.\n{make_prompt(DEFAULT_PROMPT, text)}"},
+            {"from": "gpt", "value": format_box(pixel_to_square(boxes[i], w, h))}]})
+    return out
 
 
 def caption_text(descriptions: list[str]) -> str:

@@ -17,7 +17,7 @@ from dig.cli import register_synth
 from dig.masks import mask_box
 from dig.render_flat import render_mask
 from dig.scene import Scene, SceneObject
-from dig.synth import SynthConfig, caption_text, generate_synth
+from dig.synth import TASKS, SynthConfig, caption_text, generate_synth
 from tinygg.boxes import parse_boxes, square_to_pixel
 
 W, H = 128, 96
@@ -78,6 +78,8 @@ def test_expressions_are_unique_and_boxes_are_their_objects(corpus: Path) -> Non
     captioned: list[str] = []
     for split in ("train", "val", "test"):
         for s in json.loads((corpus / f"{split}.json").read_text()):
+            if "_list2box_" in s["id"]:
+                continue  # text only: test_list2box_lists_the_visible_objects_and_answers_the_named_one
             assert scenes[s["image"]]["split"] == split
             human, gpt = s["conversations"][0]["value"], s["conversations"][1]["value"]
             assert human.startswith("<image>\n") and human.count("<image>") == 1
@@ -116,6 +118,58 @@ def test_expressions_are_unique_and_boxes_are_their_objects(corpus: Path) -> Non
     assert attributes_asked == {"size", "color", "material", "shape"}  # box2attr asks about each attribute
 
 
+def _list_image(sample: dict) -> str:
+    """The image of the scene a text-only list2box sample describes (from its id)."""
+    scene_id, task, _ = sample["id"].rsplit("_", 2)
+    assert task == "list2box" and "image" not in sample
+    return f"images/{scene_id}.png"
+
+
+def test_list2box_lists_the_visible_objects_and_answers_the_named_one(corpus: Path) -> None:
+    """Text only: every visible object once, in a random order, with its description and mask box; then the REC
+    prompt with an attribute-only expression that is unique in the scene; the answer is that object's box. The
+    samples encode without pixels and train beside image samples in one batch."""
+    from tinygg.build import build_model
+    from tinygg.data.dataset import Collator, DataSource, SupervisedDataset, mix
+
+    scenes = _scenes(corpus)
+    first_listed: set[str] = set()
+    n = 0
+    for split in ("train", "val", "test"):
+        for s in json.loads((corpus / f"{split}.json").read_text()):
+            if "_list2box_" not in s["id"]:
+                continue
+            n += 1
+            image = _list_image(s)
+            assert scenes[image]["split"] == split and "objects" not in s
+            scene = Scene.from_dict(scenes[image]["scene"])
+            mask = render_mask(scene, W, H)
+            (human, gpt) = (t["value"] for t in s["conversations"])
+            m = re.fullmatch(r"Objects: (.*)\.\nOutput the coordinate of (.*[^.])", human)
+            assert m and "<image>" not in human and not any(p in m.group(2) for p in _REL)
+            visible = {i for i in range(len(scene)) if (mask == i + 1).sum() >= P.min_visible_pixels(W, H)}
+            listed = []
+            for item in m.group(1).split("; "):
+                desc, box = re.fullmatch(r"a (.*) (\[.*\])", item).groups()
+                i = _object_in_box(box, scene, mask)
+                assert scene.objects[i].describe() == desc
+                listed.append(i)
+            assert sorted(listed) == sorted(visible)
+            first_listed.add(scene.objects[listed[0]].describe())
+            (target,) = _referents(m.group(2), scene)
+            assert target in visible and _object_in_box(gpt, scene, mask) == target
+    assert n > 0 and len(first_listed) > 1  # not always the same object first
+
+    _, processor = build_model("tiny")
+    ds = SupervisedDataset(mix([DataSource(str(corpus / "train.json"))]), processor)
+    rows = [i for i in range(len(ds)) if "_list2box_" in ds.items[i][0].id][:2]
+    items = [ds[i] for i in rows]
+    assert all(len(item["pixel_values"]) == 0 for item in items)
+    image_row = next(i for i in range(len(ds)) if ds.items[i][0].images)
+    batch = Collator(processor.tokenizer.pad_token_id)(items + [ds[image_row]])
+    assert batch["pixel_values"].shape[0] == 1 + len(ds.items[image_row][0].objects)
+
+
 def test_rec_file_rows_are_unique_expressions_inside_the_image(corpus: Path) -> None:
     scenes = _scenes(corpus)
     rows = [json.loads(line) for line in (corpus / "test_rec.jsonl").read_text().splitlines()]
@@ -131,7 +185,8 @@ def test_rec_file_rows_are_unique_expressions_inside_the_image(corpus: Path) -> 
 
 
 def test_splits_do_not_share_images(corpus: Path) -> None:
-    images = {split: {s["image"] for s in json.loads((corpus / f"{split}.json").read_text())}
+    images = {split: {s["image"] if "image" in s else _list_image(s)
+                      for s in json.loads((corpus / f"{split}.json").read_text())}
               for split in ("train", "val", "test")}
     assert not images["train"] & images["val"] and not images["train"] & images["test"]
     assert not images["val"] & images["test"]
@@ -202,7 +257,7 @@ def test_multi_turn_conversations_keep_every_question_and_encode(tmp_path: Path)
     from tinygg.data.dataset import DataSource, SupervisedDataset, mix
 
     kw = dict(n=8, size=(W, H), min_objects=2, max_objects=4, per_image=2, seed=5, val_fraction=0,
-              test_fraction=0)
+              test_fraction=0, tasks=tuple(t for t in TASKS if t != "list2box"))
     generate_synth(SynthConfig(out=tmp_path / "one", **kw), progress=False)
     generate_synth(SynthConfig(out=tmp_path / "multi", turns=3, **kw), progress=False)
     single = json.loads((tmp_path / "one" / "train.json").read_text())
