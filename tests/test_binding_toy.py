@@ -1,5 +1,6 @@
 """The binding toy of docs/demo_recipe.md section 11 runs with every flag and reports accuracies."""
 
+import json
 import re
 import runpy
 import sys
@@ -24,7 +25,8 @@ def _run(capsys, *args, script=SCRIPT):
 
 def test_every_variant_runs(capsys):
     for flags in ([], ["--shared", "--at-word", "--layers", "1"],
-                  ["--question-first", "--untie", "--embed-std", "0.2", "--qk-init", "2", "--heads", "2"]):
+                  ["--question-first", "--untie", "--embed-std", "0.2", "--qk-init", "2", "--heads", "2"],
+                  ["--text-first", "1", "--text-batch", "3"]):
         rows = _run(capsys, "--grid", "2", "--steps", "2", "--batch", "2", *flags)
         assert len(rows) == 1 and all(0.0 <= v <= 1.0 for v in rows[0])
 
@@ -39,3 +41,32 @@ def test_the_answer_at_the_word_and_the_question_first_are_not_combined(capsys):
     with pytest.raises(SystemExit):
         _run(capsys, "--grid", "2", "--steps", "1", "--at-word", "--question-first")
     assert "--at-word" in capsys.readouterr().err
+
+
+def test_binding_eval_tells_the_named_object_from_another_one():
+    landing = runpy.run_path(str(EXPERIMENTS / "binding_eval.py"))["landing"]
+    boxes = [[0, 0, 10, 10], [20, 20, 30, 30]]
+    assert landing([[1, 1, 10, 10]], 0, boxes) == "target"
+    assert landing([[1, 1, 10, 10]], 1, boxes) == "other"
+    assert landing([[40, 40, 50, 50]], 0, boxes) == "neither"
+    assert landing([], 0, boxes) == "neither"
+
+
+def test_binding_eval_runs_on_a_synthetic_corpus(tmp_path, tiny_checkpoint, capsys):
+    from dig.synth import SynthConfig, generate_synth
+
+    corpus = tmp_path / "corpus"
+    generate_synth(SynthConfig(out=corpus, n=12, min_objects=2, max_objects=3, tasks=("text2box", "list2box"),
+                               relations=False, seed=0, test_fraction=0.5), progress=False)
+    out = tmp_path / "counts.json"
+    argv = sys.argv
+    sys.argv = ["binding_eval.py", "--model", str(tiny_checkpoint), "--corpus", str(corpus), "--limit", "4",
+                "--lists", "--json", str(out)]
+    try:
+        runpy.run_path(str(EXPERIMENTS / "binding_eval.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    counts = json.loads(out.read_text())
+    assert sum(len(v) for v in counts["rec"].values()) == 4 and len(counts["list2box"]) == 4
+    assert set(x for v in counts["rec"].values() for x in v) <= {"target", "other", "neither"}
+    assert "random object" in capsys.readouterr().out

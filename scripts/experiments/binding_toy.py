@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="also ask for the row at the colour word itself, with this loss weight (the answer stays at SEP)")
     ap.add_argument("--text-only", action="store_true", help="train on the text task alone")
     ap.add_argument("--text-steps", type=int, default=None, help="the text task only for the first N steps")
+    ap.add_argument("--text-batch", type=int, default=None, help="batch of the text task (--batch when unset)")
+    ap.add_argument("--text-first", type=int, default=0,
+                    help="the first N steps train the text task alone, then the images join (a text pretraining)")
     ap.add_argument("--hidden", type=int, default=None, help="hidden size (MLP 4x; the tiny preset's when unset)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="multiplier of the image tokens")
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.at_word and a.question_first:  # both move the answer's positions; only one layout at a time
         ap.error("--at-word and --question-first cannot be combined")
-    if a.text_only:
+    if a.text_only or a.text_first:
         a.text_weight = a.text_weight or 1.0
     if a.text_weight and (a.at_word or a.question_first):
         ap.error("--text-weight uses the default layout (SEP colour SEP row col)")
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     for step in range(1, a.steps + 1):
         loss = torch.zeros(())
-        if not a.text_only:
+        if not a.text_only and step > a.text_first:
             pred, gold = forward(*batch(a.batch, one=step <= a.one_object_steps, paired=a.paired))
             if a.aux_at_word:
                 weight = torch.tensor([a.aux_at_word, 1.0, 1.0]).expand(len(gold), -1).reshape(-1)
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 loss = torch.nn.functional.cross_entropy(pred.reshape(-1, VOCAB), gold.reshape(-1))
         if a.text_weight and (a.text_steps is None or step <= a.text_steps):
-            tp, tg = text_forward(text_batch(a.batch))
+            tp, tg = text_forward(text_batch(a.text_batch or a.batch))
             loss = loss + a.text_weight * torch.nn.functional.cross_entropy(tp.reshape(-1, VOCAB), tg.reshape(-1))
         opt.zero_grad()
         loss.backward()

@@ -1,0 +1,115 @@
+"""Where a checkpoint's REC boxes land in multi-object scenes, and how well it answers text-only ``list2box``.
+
+REC rows come from a synthetic corpus (``tinygg data synth``): each answer is put on the named object
+(IoU >= 0.5), on *another* visible object of the scene (the model found an object but not the one asked for:
+the binding failure of docs/demo_recipe.md sections 10-12), or on neither. Rows are counted per number of
+visible objects, beside the pick-a-random-object baseline (1 / objects). With ``--lists`` the corpus's
+``list2box`` samples of the same split are asked too: the box copied from the listing, scored the same way.
+
+    python scripts/experiments/binding_eval.py --model runs/x/final --corpus runs/corpus --limit 300 --lists
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tinygg.boxes import box_iou, parse_boxes, square_to_pixel
+from tinygg.evaluate.rec import DEFAULT_PROMPT, make_prompt
+
+
+def landing(pred: np.ndarray, target: int, boxes: list) -> str:
+    """``target``, ``other`` or ``neither``: the object (of ``boxes``) that ``pred`` overlaps with IoU >= 0.5."""
+    if pred is None or len(pred) == 0:
+        return "neither"
+    ious = box_iou(np.asarray(pred[:1], dtype=float), np.asarray(boxes, dtype=float))[0]
+    if ious[target] >= 0.5:
+        return "target"
+    return "other" if (ious >= 0.5).any() else "neither"
+
+
+def rec_rows(model, processor, corpus: Path, split: str, limit: int, batch_size: int) -> dict[str, list]:
+    from tinygg.demo import scene_boxes
+    from tinygg.inference import Query, generate
+
+    scenes = scene_boxes(corpus, split)
+    rows = [json.loads(line) for line in (corpus / f"{split}_rec.jsonl").read_text().splitlines() if line.strip()]
+    rows = rows[:limit]
+    images = {p: Image.open(p).convert("RGB") for p in {str((corpus / r["img_path"]).resolve()) for r in rows}}
+    queries = [Query(make_prompt(DEFAULT_PROMPT, r["expression"]), [images[str((corpus / r["img_path"]).resolve())]])
+               for r in rows]
+    answers = generate(model, processor, queries, max_new_tokens=32, batch_size=batch_size, progress=True)
+    by_count: dict[str, list] = defaultdict(list)
+    for r, a in zip(rows, answers):
+        path = str((corpus / r["img_path"]).resolve())
+        boxes = scenes[path]
+        w, h = images[path].size
+        target = int(box_iou(np.asarray([r["bbox"]], dtype=float), np.asarray(boxes, dtype=float))[0].argmax())
+        pred = parse_boxes(a)
+        pred = square_to_pixel(pred, w, h) if len(pred) else pred
+        by_count[str(len(boxes))].append(landing(pred, target, boxes))
+    return by_count
+
+
+def list_rows(model, processor, corpus: Path, split: str, limit: int, batch_size: int) -> list[str]:
+    from tinygg.inference import Query, generate
+
+    samples = [s for s in json.loads((corpus / f"{split}.json").read_text()) if "_list2box_" in s["id"]][:limit]
+    if not samples:
+        raise SystemExit(f"{corpus / f'{split}.json'}: no list2box samples (ids containing '_list2box_')")
+    prompts = [s["conversations"][0]["value"] for s in samples]
+    answers = generate(model, processor, [Query(p) for p in prompts], max_new_tokens=32, batch_size=batch_size,
+                       progress=True)
+    out = []
+    for s, prompt, answer in zip(samples, prompts, answers):
+        listed = re.findall(r"\[[^\]]*\]", prompt.split("\n")[0])
+        boxes = [parse_boxes(b)[0] for b in listed]
+        out.append(landing(parse_boxes(answer), listed.index(s["conversations"][1]["value"]), boxes))
+    return out
+
+
+def summary(landings: list[str]) -> str:
+    n = len(landings)
+    return " ".join(f"{k} {landings.count(k) / n:.1%}" for k in ("target", "other", "neither")) + f" (n={n})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="checkpoint directory or zoo name")
+    ap.add_argument("--corpus", required=True, type=Path, help="a `tinygg data synth` output folder")
+    ap.add_argument("--split", default="test", choices=["val", "test"])
+    ap.add_argument("--limit", type=int, default=300, help="rows asked (each of REC and list2box)")
+    ap.add_argument("--lists", action="store_true", help="also ask the split's list2box samples")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--json", type=Path, help="write the counts here as JSON")
+    args = ap.parse_args()
+
+    import torch
+
+    from tinygg.inference import load_model
+
+    torch.set_num_threads(1)
+    model, processor = load_model(args.model, dtype=torch.float32, device="cpu")
+    result: dict = {"model": args.model, "corpus": str(args.corpus)}
+    by_count = rec_rows(model, processor, args.corpus, args.split, args.limit, args.batch_size)
+    result["rec"] = by_count
+    every = [x for v in by_count.values() for x in v]
+    random_object = np.mean([1 / int(k) for k, v in by_count.items() for _ in v])
+    print(f"{args.model}: REC {summary(every)}; random object {random_object:.1%}")
+    for k in sorted(by_count, key=int):
+        print(f"  {k} objects: {summary(by_count[k])}")
+    if args.lists:
+        result["list2box"] = list_rows(model, processor, args.corpus, args.split, args.limit, args.batch_size)
+        print(f"  list2box: {summary(result['list2box'])}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
