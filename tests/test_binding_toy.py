@@ -67,6 +67,14 @@ def test_binding_eval_runs_on_a_synthetic_corpus(tmp_path, tiny_checkpoint, caps
     finally:
         sys.argv = argv
     counts = json.loads(out.read_text())
-    assert sum(len(v) for v in counts["rec"].values()) == 4 and len(counts["list2box"]) == 4
-    assert set(x for v in counts["rec"].values() for x in v) <= {"target", "other", "neither"}
+    assert len(counts["rec"]) == 4 and len(counts["list2box"]) == 4
+    assert {r["landing"] for r in counts["rec"]} <= {"target", "other", "neither"}
+    assert all(1 <= r["objects"] <= 3 for r in counts["rec"])
     assert "random object" in capsys.readouterr().out
+
+
+def test_binding_eval_names_the_attributes_an_expression_asks_for():
+    words_asked = runpy.run_path(str(EXPERIMENTS / "binding_eval.py"))["words_asked"]
+    assert words_asked("the small red object") == "size+color"
+    assert words_asked("the large gray metal cylinder") == "size+color+material+shape"
+    assert words_asked("the object") == "object"

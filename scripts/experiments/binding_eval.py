@@ -3,7 +3,8 @@
 REC rows come from a synthetic corpus (``tinygg data synth``): each answer is put on the named object
 (IoU >= 0.5), on *another* visible object of the scene (the model found an object but not the one asked for:
 the binding failure of docs/demo_recipe.md sections 10-12), or on neither. Rows are counted per number of
-visible objects, beside the pick-a-random-object baseline (1 / objects). With ``--lists`` the corpus's
+visible objects and per attributes named (size, colour, material, shape), beside the pick-a-random-object
+baseline (1 / objects). With ``--lists`` the corpus's
 ``list2box`` samples of the same split are asked too: the box copied from the listing, scored the same way.
 
     python scripts/experiments/binding_eval.py --model runs/x/final --corpus runs/corpus --limit 300 --lists
@@ -34,7 +35,8 @@ def landing(pred: np.ndarray, target: int, boxes: list) -> str:
     return "other" if (ious >= 0.5).any() else "neither"
 
 
-def rec_rows(model, processor, corpus: Path, split: str, limit: int, batch_size: int) -> dict[str, list]:
+def rec_rows(model, processor, corpus: Path, split: str, limit: int, batch_size: int) -> list[dict]:
+    """Each REC row asked: its expression, the number of visible objects, and where the answer landed."""
     from tinygg.demo import scene_boxes
     from tinygg.inference import Query, generate
 
@@ -45,7 +47,7 @@ def rec_rows(model, processor, corpus: Path, split: str, limit: int, batch_size:
     queries = [Query(make_prompt(DEFAULT_PROMPT, r["expression"]), [images[str((corpus / r["img_path"]).resolve())]])
                for r in rows]
     answers = generate(model, processor, queries, max_new_tokens=32, batch_size=batch_size, progress=True)
-    by_count: dict[str, list] = defaultdict(list)
+    out = []
     for r, a in zip(rows, answers):
         path = str((corpus / r["img_path"]).resolve())
         boxes = scenes[path]
@@ -53,8 +55,19 @@ def rec_rows(model, processor, corpus: Path, split: str, limit: int, batch_size:
         target = int(box_iou(np.asarray([r["bbox"]], dtype=float), np.asarray(boxes, dtype=float))[0].argmax())
         pred = parse_boxes(a)
         pred = square_to_pixel(pred, w, h) if len(pred) else pred
-        by_count[str(len(boxes))].append(landing(pred, target, boxes))
-    return by_count
+        out.append({"expression": r["expression"], "objects": len(boxes), "answer": a,
+                    "landing": landing(pred, target, boxes)})
+    return out
+
+
+def words_asked(expression: str) -> str:
+    """Which attributes an expression names, e.g. ``size+color`` for "the small red object"."""
+    from dig import properties as P
+
+    words = expression.split()
+    named = [k for k, vocab in (("size", P.SIZES), ("color", P.COLORS), ("material", P.MATERIALS),
+                                ("shape", P.SHAPES)) if any(w in vocab for w in words)]
+    return "+".join(named) or "object"
 
 
 def list_rows(model, processor, corpus: Path, split: str, limit: int, batch_size: int) -> list[str]:
@@ -97,13 +110,16 @@ def main() -> None:
     torch.set_num_threads(1)
     model, processor = load_model(args.model, dtype=torch.float32, device="cpu")
     result: dict = {"model": args.model, "corpus": str(args.corpus)}
-    by_count = rec_rows(model, processor, args.corpus, args.split, args.limit, args.batch_size)
-    result["rec"] = by_count
-    every = [x for v in by_count.values() for x in v]
-    random_object = np.mean([1 / int(k) for k, v in by_count.items() for _ in v])
-    print(f"{args.model}: REC {summary(every)}; random object {random_object:.1%}")
-    for k in sorted(by_count, key=int):
-        print(f"  {k} objects: {summary(by_count[k])}")
+    rows = rec_rows(model, processor, args.corpus, args.split, args.limit, args.batch_size)
+    result["rec"] = rows
+    random_object = np.mean([1 / r["objects"] for r in rows])
+    print(f"{args.model}: REC {summary([r['landing'] for r in rows])}; random object {random_object:.1%}")
+    for key in (lambda r: f"{r['objects']} objects", lambda r: words_asked(r["expression"])):
+        groups: dict[str, list[str]] = defaultdict(list)
+        for r in rows:
+            groups[key(r)].append(r["landing"])
+        for k in sorted(groups):
+            print(f"  {k}: {summary(groups[k])}")
     if args.lists:
         result["list2box"] = list_rows(model, processor, args.corpus, args.split, args.limit, args.batch_size)
         print(f"  list2box: {summary(result['list2box'])}")
