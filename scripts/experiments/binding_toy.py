@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="attention heads (as many key / value heads when changed)")
     ap.add_argument("--rope-theta", type=float, default=TINY["text"]["rope_parameters"]["rope_theta"])
     ap.add_argument("--embed-std", type=float, default=None, help="re-initialise the input embeddings with this std")
+    ap.add_argument("--sep-std", type=float, default=None,
+                    help="then re-initialise the separator's input embedding alone with this std")
     ap.add_argument("--untie", action="store_true", help="separate input and output embeddings")
     ap.add_argument("--qk-init", type=float, default=1.0, help="multiplier of the q / k projection init")
     ap.add_argument("--one-object-steps", type=int, default=0, help="first N steps on one-object images only")
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         if a.embed_std is not None:
             lm.get_input_embeddings().weight.normal_(0.0, a.embed_std)
+        if a.sep_std is not None:
+            lm.get_input_embeddings().weight[SEP].normal_(0.0, a.sep_std)
         for layer in lm.model.layers:
             layer.self_attn.q_proj.weight.mul_(a.qk_init)
             layer.self_attn.k_proj.weight.mul_(a.qk_init)
