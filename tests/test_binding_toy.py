@@ -12,14 +12,19 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "scripts" / "experiments"
 SCRIPT = EXPERIMENTS / "binding_toy.py"
 
 
-def _run(capsys, *args, script=SCRIPT):
+def _output(capsys, script, *args) -> str:
+    """What ``script`` prints when run as a command with ``args``."""
     argv = sys.argv
     sys.argv = [str(script), *args]
     try:
         runpy.run_path(str(script), run_name="__main__")
     finally:
         sys.argv = argv
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def _run(capsys, *args, script=SCRIPT):
+    out = _output(capsys, script, *args)
     return [tuple(map(float, m)) for m in re.findall(r"two objects ([\d.]+) one object ([\d.]+)", out)]
 
 
@@ -59,18 +64,13 @@ def test_binding_eval_runs_on_a_synthetic_corpus(tmp_path, tiny_checkpoint, caps
     generate_synth(SynthConfig(out=corpus, n=12, min_objects=2, max_objects=3, tasks=("text2box", "list2box"),
                                relations=False, seed=0, test_fraction=0.5), progress=False)
     out = tmp_path / "counts.json"
-    argv = sys.argv
-    sys.argv = ["binding_eval.py", "--model", str(tiny_checkpoint), "--corpus", str(corpus), "--limit", "4",
-                "--lists", "--json", str(out)]
-    try:
-        runpy.run_path(str(EXPERIMENTS / "binding_eval.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
+    printed = _output(capsys, EXPERIMENTS / "binding_eval.py", "--model", str(tiny_checkpoint), "--corpus",
+                      str(corpus), "--limit", "4", "--lists", "--json", str(out))
     counts = json.loads(out.read_text())
     assert len(counts["rec"]) == 4 and len(counts["list2box"]) == 4
     assert {r["landing"] for r in counts["rec"]} <= {"target", "other", "neither"}
     assert all(1 <= r["objects"] <= 3 for r in counts["rec"])
-    assert "random object" in capsys.readouterr().out
+    assert "random object" in printed
 
 
 def test_binding_eval_names_the_attributes_an_expression_asks_for():

@@ -4,8 +4,8 @@ REC rows come from a synthetic corpus (``tinygg data synth``): each answer is pu
 (IoU >= 0.5), on *another* visible object of the scene (the model found an object but not the one asked for:
 the binding failure of docs/demo_recipe.md sections 10-12), or on neither. Rows are counted per number of
 visible objects and per attributes named (size, colour, material, shape), beside the pick-a-random-object
-baseline (1 / objects). With ``--lists`` the corpus's
-``list2box`` samples of the same split are asked too: the box copied from the listing, scored the same way.
+baseline (1 / objects). With ``--lists`` the corpus's ``list2box`` samples of the same split are asked too: the
+box copied from the listing, scored the same way.
 
     python scripts/experiments/binding_eval.py --model runs/x/final --corpus runs/corpus --limit 300 --lists
 """
@@ -43,18 +43,15 @@ def rec_rows(model, processor, corpus: Path, split: str, limit: int, batch_size:
     scenes = scene_boxes(corpus, split)
     rows = [json.loads(line) for line in (corpus / f"{split}_rec.jsonl").read_text().splitlines() if line.strip()]
     rows = rows[:limit]
-    images = {p: Image.open(p).convert("RGB") for p in {str((corpus / r["img_path"]).resolve()) for r in rows}}
-    queries = [Query(make_prompt(DEFAULT_PROMPT, r["expression"]), [images[str((corpus / r["img_path"]).resolve())]])
-               for r in rows]
+    paths = [str((corpus / r["img_path"]).resolve()) for r in rows]
+    images = {p: Image.open(p).convert("RGB") for p in set(paths)}
+    queries = [Query(make_prompt(DEFAULT_PROMPT, r["expression"]), [images[p]]) for r, p in zip(rows, paths)]
     answers = generate(model, processor, queries, max_new_tokens=32, batch_size=batch_size, progress=True)
     out = []
-    for r, a in zip(rows, answers):
-        path = str((corpus / r["img_path"]).resolve())
+    for r, path, a in zip(rows, paths, answers):
         boxes = scenes[path]
-        w, h = images[path].size
         target = int(box_iou(np.asarray([r["bbox"]], dtype=float), np.asarray(boxes, dtype=float))[0].argmax())
-        pred = parse_boxes(a)
-        pred = square_to_pixel(pred, w, h) if len(pred) else pred
+        pred = square_to_pixel(parse_boxes(a), *images[path].size)
         out.append({"expression": r["expression"], "objects": len(boxes), "answer": a,
                     "landing": landing(pred, target, boxes)})
     return out
@@ -62,11 +59,11 @@ def rec_rows(model, processor, corpus: Path, split: str, limit: int, batch_size:
 
 def words_asked(expression: str) -> str:
     """Which attributes an expression names, e.g. ``size+color`` for "the small red object"."""
-    from dig import properties as P
+    from dig.scene import _CHOICES  # each attribute's values
+    from dig.synth import _WORD_ORDER  # the order expressions name them in
 
     words = expression.split()
-    named = [k for k, vocab in (("size", P.SIZES), ("color", P.COLORS), ("material", P.MATERIALS),
-                                ("shape", P.SHAPES)) if any(w in vocab for w in words)]
+    named = [k for k in _WORD_ORDER if any(w in _CHOICES[k] for w in words)]
     return "+".join(named) or "object"
 
 
