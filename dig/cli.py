@@ -126,6 +126,10 @@ def register_synth(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                         "multi-turn sample (fewer tokens per answer; default: 1)")
     p.add_argument("--no-relations", action="store_true",
                    help="attribute expressions only (no 'left of the blue sphere')")
+    p.add_argument("--question-first", action="store_true",
+                   help="put the question before <image> in every sample (its image tokens then see the question; "
+                        "evaluate such a model with the same layout, e.g. --prompt 'Output the coordinate of "
+                        "<exp>\n<image>')")
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="share of scenes for val (default: 0.1)")
     p.add_argument("--test-fraction", type=float, default=0.1, metavar="F", help="share of scenes for test (default: 0.1)")
     p.add_argument("--seed", type=int, default=0, metavar="SEED", help="random seed (default: 0)")
@@ -141,6 +145,7 @@ def _run_synth(args: argparse.Namespace) -> int:
                       max_objects=args.max_objects, zoom=args.zoom,
                       tasks=tuple(t for t in args.tasks.split(",") if t),
                       per_image=args.per_image, turns=args.turns, relations=not args.no_relations,
+                      question_first=args.question_first,
                       val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed)
     counts = generate_synth(cfg, progress=not args.no_progress)
     for name, count in counts.items():

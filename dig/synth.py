@@ -163,6 +163,7 @@ class SynthConfig:
     per_image: int = 2  # samples per task per image
     turns: int = 1  # questions per conversation: >1 asks several about one image in one sequence
     relations: bool = True
+    question_first: bool = False  # the question before <image> (image tokens then see it); else <image> first
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
@@ -216,6 +217,9 @@ def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg
     def box_text(i: int) -> str:
         return format_box(pixel_to_square(boxes[i], w, h))
 
+    def ask(question: str) -> str:
+        return with_image(question, cfg.question_first)
+
     def choose_expression(i: int) -> str:
         """Half the time an attribute-only expression when one exists, else any (relations included)."""
         plain = [e for e in exprs[i] if e.relation is None]
@@ -229,7 +233,7 @@ def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg
     if "caption" in cfg.tasks and visible:
         in_order = sorted(visible, key=lambda i: (boxes[i][0] + boxes[i][2], boxes[i][1] + boxes[i][3]))
         captions.append({"id": f"{scene_id}_caption_0", "image": image, "conversations": [
-            {"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"},
+            {"from": "human", "value": ask(CAPTION_PROMPT)},
             {"from": "gpt", "value": caption_text([scene.objects[i].describe() for i in in_order])}]})
     for task in (t for t in cfg.tasks if t not in ("caption", "list2box")):
         targets = pick(referable if task in ("text2box", "text2object") else visible)
@@ -237,19 +241,19 @@ def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg
             sid = f"{scene_id}_{task}_{k}"
             if task == "text2box":
                 text = choose_expression(i)
-                turns = [f"<image>\n{make_prompt(DEFAULT_PROMPT, text)}", box_text(i)]
+                turns = [ask(make_prompt(DEFAULT_PROMPT, text)), box_text(i)]
                 rec_rows.append({"img_path": image, "expression": text, "bbox": boxes[i]})
                 objects: list[list[int]] = []
             elif task == "box2text":
-                turns = [f"<image>\nWhat object is in the region {box_text(i)}?", f"a {scene.objects[i].describe()}"]
+                turns = [ask(f"What object is in the region {box_text(i)}?"), f"a {scene.objects[i].describe()}"]
                 objects = []
             elif task == "box2attr":
                 attr = _WORD_ORDER[int(rng.integers(len(_WORD_ORDER)))]
-                turns = [f"<image>\nWhat {attr} is the object in the region {box_text(i)}?",
+                turns = [ask(f"What {attr} is the object in the region {box_text(i)}?"),
                          getattr(scene.objects[i], attr)]
                 objects = []
             elif task == "object2box":
-                turns = ["<image>\nWhere is <object> in the image? Output its coordinate.", box_text(i)]
+                turns = [ask("Where is <object> in the image? Output its coordinate."), box_text(i)]
                 objects = [boxes[i]]
             else:
                 options = [i]
@@ -264,7 +268,7 @@ def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg
                 options = [options[int(m)] for m in rng.permutation(len(options))]
                 text = choose_expression(i)
                 listing = " ".join(f"({_OPTION_LETTERS[m]}) <object>" for m in range(len(options)))
-                turns = [f"<image>\nWhich option is {text}? {listing} Answer with the option's letter.",
+                turns = [ask(f"Which option is {text}? {listing} Answer with the option's letter."),
                          f"({_OPTION_LETTERS[options.index(i)]})"]
                 objects = [boxes[o] for o in options]
             sample: dict[str, Any] = {"id": sid, "image": image,
@@ -300,6 +304,16 @@ def list_samples(scene: Scene, boxes: dict[int, list[int]], scene_id: str, n: in
             {"from": "human", "value": f"{LIST_PREFIX}{listing}.\n{make_prompt(DEFAULT_PROMPT, text)}"},
             {"from": "gpt", "value": format_box(pixel_to_square(boxes[i], w, h))}]})
     return out
+
+
+def with_image(question: str, question_first: bool = False) -> str:
+    """The first human turn: ``<image>`` on its own line before the question, or after it (``question_first``:
+    the image tokens can then attend to the question, docs/demo_recipe.md section 14).
+
+    >>> with_image("Output the coordinate of the red cube"), with_image("Where?", question_first=True)
+    ('<image>\\nOutput the coordinate of the red cube', 'Where?\\n<image>')
+    """
+    return f"{question}\n<image>" if question_first else f"<image>\n{question}"
 
 
 def caption_text(descriptions: list[str]) -> str:
@@ -355,7 +369,10 @@ def as_conversation(samples: list[dict[str, Any]]) -> dict[str, Any]:
     objects: list[list[int]] = []
     for k, s in enumerate(samples):
         human, gpt = s["conversations"]
-        value = human["value"] if k == 0 else human["value"].replace("<image>\n", "", 1)
+        value = human["value"]
+        if k:  # the image is shown once, with the first question (on either side of it)
+            value = value.replace("<image>\n", "", 1) if value.startswith("<image>\n") else value.replace(
+                "\n<image>", "", 1)
         turns += [{"from": "human", "value": value}, gpt]
         objects += s.get("objects", [])
     out: dict[str, Any] = {"id": f"{samples[0]['id']}+{len(samples) - 1}", "image": image,

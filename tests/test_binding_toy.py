@@ -31,9 +31,17 @@ def _run(capsys, *args, script=SCRIPT):
 def test_every_variant_runs(capsys):
     for flags in ([], ["--shared", "--at-word", "--layers", "1"],
                   ["--question-first", "--untie", "--embed-std", "0.2", "--qk-init", "2", "--heads", "2"],
-                  ["--text-first", "1", "--text-batch", "3", "--embed-std", "0.2", "--sep-std", "0.01"]):
+                  ["--text-first", "1", "--text-batch", "3", "--embed-std", "0.2", "--sep-std", "0.01"],
+                  ["--gap", "2", "--gap-mix", "--aux-at-word", "1"], ["--question-first", "--gap", "3", "--distinct-gap"]):
         rows = _run(capsys, "--grid", "2", "--steps", "2", "--batch", "2", *flags)
         assert len(rows) == 1 and all(0.0 <= v <= 1.0 for v in rows[0])
+
+
+def test_the_gap_curriculum_reports_the_current_and_the_final_gap(capsys):
+    """One SEP more every step: at step 2 of a schedule to 3 SEPs the gap is 2, and the final layout is scored too."""
+    out = _output(capsys, SCRIPT, "--grid", "2", "--steps", "2", "--batch", "2", "--gap", "3", "--gap-every", "1")
+    assert re.search(r"^step 2 loss [\d.]+ two objects [\d.]+ one object [\d.]+ \(gap 2\) at gap 3: two [\d.]+ ",
+                     out, re.M), out
 
 
 def test_every_variant_of_the_attention_toy_runs(capsys):

@@ -81,3 +81,21 @@ def test_predict_errors_are_clear(tmp_path, tiny_checkpoint, capsys):
         main(["predict", "--model", "m", "--image", "i", "--prompt", "p", "--object", "1,2,3"])
     assert main(["build", "--preset", "9b", "--out", str(tmp_path / "o")]) == 2
     assert "unknown preset '9b'" in capsys.readouterr().err
+
+
+def test_embed_std_redraws_the_tied_token_embeddings_only(component_dirs) -> None:
+    """``embed_std`` redraws a random LLM's token embeddings (and so its tied output head) and nothing else;
+    it refuses a pretrained LLM, whose embeddings it would destroy, and a non-positive std."""
+    from tinygg.build import build_model
+
+    base, _ = build_model("tiny")
+    big, _ = build_model("tiny", embed_std=0.2)
+    emb = big.get_input_embeddings().weight
+    assert abs(float(emb.std()) - 0.2) < 0.01 and float(base.get_input_embeddings().weight.std()) < 0.05
+    assert big.lm_head.weight is emb
+    same = {k: v for k, v in base.state_dict().items() if "embed_tokens" not in k and "lm_head" not in k}
+    assert all(torch.equal(v, big.state_dict()[k]) for k, v in same.items())
+    with pytest.raises(ValueError, match="pretrained"):
+        build_model("tiny", llm=str(component_dirs["root"] / "llm"), embed_std=0.2)
+    with pytest.raises(ValueError, match="positive"):
+        build_model("tiny", embed_std=0.0)

@@ -299,3 +299,23 @@ def test_a_conversation_never_asks_about_one_object_twice(tmp_path: Path) -> Non
                 boxes = set(re.findall(r"\[[^\]]*\]", q["value"] + a["value"]))
                 assert not boxes & set(seen), s["id"]
                 seen += boxes
+
+
+def test_question_first_moves_only_the_image_placeholder(tmp_path: Path) -> None:
+    """--question-first writes the same samples with ``<image>`` after the first question instead of before it
+    (multi-turn conversations too: later turns carry no placeholder), and the images do not change."""
+    kw = dict(n=6, size=(W, H), min_objects=2, max_objects=4, seed=4, turns=2,
+              tasks=tuple(t for t in TASKS if t not in ("list2box", "caption")))
+    generate_synth(SynthConfig(out=tmp_path / "a", **kw), progress=False)
+    generate_synth(SynthConfig(out=tmp_path / "q", question_first=True, **kw), progress=False)
+    for split in ("train", "val", "test"):
+        a = json.loads((tmp_path / "a" / f"{split}.json").read_text())
+        q = json.loads((tmp_path / "q" / f"{split}.json").read_text())
+        assert len(a) == len(q) > 0
+        for sa, sq in zip(a, q):
+            first_a, first_q = sa["conversations"][0]["value"], sq["conversations"][0]["value"]
+            assert first_a.startswith("<image>\n") and first_q == first_a.removeprefix("<image>\n") + "\n<image>"
+            assert sa["conversations"][1:] == sq["conversations"][1:] and sa.get("objects") == sq.get("objects")
+    assert (tmp_path / "a" / "images/synth_000002.png").read_bytes() == (
+        tmp_path / "q" / "images/synth_000002.png").read_bytes()
+    assert json.loads((tmp_path / "q" / "synth_info.json").read_text())["config"]["question_first"] is True

@@ -46,10 +46,10 @@ def test_paper_table6_hyper_parameters():
 
 def test_overrides_and_shortcuts(tmp_path):
     cfg = load_config(SFT, ["preset=tiny", "data=a.json,b.json", "image_root=imgs", "max_steps=20",
-                                   "freeze.llm=lora", "lora.r=8", "learning_rate=1e-3"])
+                                   "freeze.llm=lora", "lora.r=8", "learning_rate=1e-3", "init_embed_std=0.2"])
     assert cfg.init == "preset:tiny" and cfg.max_steps == 20 and cfg.learning_rate == 1e-3
     assert [d.path for d in cfg.data] == ["a.json", "b.json"] and cfg.data[0].image_root == "imgs"
-    assert cfg.freeze.llm == "lora" and cfg.lora.r == 8
+    assert cfg.freeze.llm == "lora" and cfg.lora.r == 8 and cfg.init_embed_std == 0.2
 
 
 @pytest.mark.parametrize("override,msg", [
@@ -59,7 +59,15 @@ def test_overrides_and_shortcuts(tmp_path):
     ("max_steps", "expected key=value"),
     ("batch_size=30", "multiple of per_device_batch_size"),
     ("learning_rate=fast", "expected a number"),
+    ("init_embed_std=0.2", "init_embed_std applies to a fresh model"),
 ])
 def test_bad_overrides_name_the_field(override, msg):
     with pytest.raises(ValueError, match=msg):
-        load_config(None, [override])
+        load_config(None, ["init=runs/stage1/final", override] if override.startswith("init_") else [override])
+
+
+def test_init_embed_std_reaches_the_fresh_model():
+    from tinygg.train.trainer import load_init
+
+    model, _ = load_init(load_config(None, ["preset=tiny", "init_embed_std=0.2"]))
+    assert abs(float(model.get_input_embeddings().weight.std()) - 0.2) < 0.01

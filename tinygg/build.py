@@ -29,13 +29,16 @@ def _pad_vocab(n: int, multiple: int = 64) -> int:
 
 
 def build_model(preset: str, clip: str | None = None, dino: str | None = None, llm: str | None = None,
-                seed: int = 0, dtype: torch.dtype = torch.float32,
+                seed: int = 0, dtype: torch.dtype = torch.float32, embed_std: float | None = None,
                 **overrides) -> tuple[TinyGGForConditionalGeneration, TinyGGProcessor]:
     """A stage-0 model and its processor.
 
     For real presets ``clip``/``dino``/``llm`` default to the official hub ids; any of them may be a local
     directory. For ``tiny`` they are optional: given, they replace the random parts (the preset's
-    ``image_size`` must then suit their patch size).
+    ``image_size`` must then suit their patch size). ``embed_std`` re-initialises a random LLM's token
+    embeddings (tied to the output head in the tiny preset) with that standard deviation instead of the
+    config's ``initializer_range`` (0.02); the tiny demo model binds words to image objects only with large
+    ones (docs/demo_recipe.md, section 14).
     """
     torch.manual_seed(seed)
     key = preset.strip().lower()
@@ -90,6 +93,14 @@ def build_model(preset: str, clip: str | None = None, dino: str | None = None, l
                                             bias=False, dtype=dtype)
         model.model.multi_modal_projector = TinyGGProjector(config).to(dtype)
         model.tie_weights()
+    if embed_std is not None:
+        if llm:
+            raise ValueError("embed_std re-initialises a random LLM's embeddings; the LLM here is pretrained "
+                             f"({llm})")
+        if embed_std <= 0:
+            raise ValueError(f"embed_std must be positive; got {embed_std}")
+        with torch.no_grad():
+            model.get_input_embeddings().weight.normal_(0.0, embed_std)
     random_towers = tuple(t for t in ("clip", "dino") if t not in parts)
     if random_towers:  # fixed 2-D positions for towers that start from random init (tinygg.vision)
         init_sincos_positions(model.model.vision_tower, config.grid_size, random_towers)

@@ -35,8 +35,10 @@ def landing(pred: np.ndarray, target: int, boxes: list) -> str:
     return "other" if (ious >= 0.5).any() else "neither"
 
 
-def rec_rows(model, processor, corpus: Path, split: str, limit: int, batch_size: int) -> list[dict]:
-    """Each REC row asked: its expression, the number of visible objects, and where the answer landed."""
+def rec_rows(model, processor, corpus: Path, split: str, limit: int, batch_size: int,
+             prompt: str = DEFAULT_PROMPT) -> list[dict]:
+    """Each REC row asked (``prompt`` with the expression; ``<image>`` goes first unless the prompt places it):
+    its expression, the number of visible objects, and where the answer landed."""
     from tinygg.demo import scene_boxes
     from tinygg.inference import Query, generate
 
@@ -45,7 +47,7 @@ def rec_rows(model, processor, corpus: Path, split: str, limit: int, batch_size:
     rows = rows[:limit]
     paths = [str((corpus / r["img_path"]).resolve()) for r in rows]
     images = {p: Image.open(p).convert("RGB") for p in set(paths)}
-    queries = [Query(make_prompt(DEFAULT_PROMPT, r["expression"]), [images[p]]) for r, p in zip(rows, paths)]
+    queries = [Query(make_prompt(prompt, r["expression"]), [images[p]]) for r, p in zip(rows, paths)]
     answers = generate(model, processor, queries, max_new_tokens=32, batch_size=batch_size, progress=True)
     out = []
     for r, path, a in zip(rows, paths, answers):
@@ -98,7 +100,11 @@ def main() -> None:
     ap.add_argument("--lists", action="store_true", help="also ask the split's list2box samples")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--json", type=Path, help="write the counts here as JSON")
+    ap.add_argument("--prompt", default=DEFAULT_PROMPT,
+                    help="REC prompt with <exp>; the image goes first unless it holds <image> (e.g. "
+                         "'Output the coordinate of <exp>\\n<image>' for a model trained question-first)")
     args = ap.parse_args()
+    args.prompt = args.prompt.replace("\\n", "\n")
 
     import torch
 
@@ -107,7 +113,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model, processor = load_model(args.model, dtype=torch.float32, device="cpu")
     result: dict = {"model": args.model, "corpus": str(args.corpus)}
-    rows = rec_rows(model, processor, args.corpus, args.split, args.limit, args.batch_size)
+    rows = rec_rows(model, processor, args.corpus, args.split, args.limit, args.batch_size, args.prompt)
     result["rec"] = rows
     random_object = np.mean([1 / r["objects"] for r in rows])
     print(f"{args.model}: REC {summary([r['landing'] for r in rows])}; random object {random_object:.1%}")

@@ -83,14 +83,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--qk-init", type=float, default=1.0, help="multiplier of the q / k projection init")
     ap.add_argument("--one-object-steps", type=int, default=0, help="first N steps on one-object images only")
     ap.add_argument("--shared", action="store_true", help="object tokens also carry their colour word's embedding")
-    ap.add_argument("--at-word", action="store_true", help="predict the row at the colour word (no SEP after it)")
-    ap.add_argument("--question-first", action="store_true", help="SEP colour, then the image, then SEP row col")
+    ap.add_argument("--at-word", action="store_true", help="predict the row at the colour word (no SEP after it; --gap 0)")
+    ap.add_argument("--gap", type=int, default=1, help="SEP tokens between the colour word and the row digit")
+    ap.add_argument("--distinct-gap", action="store_true",
+                    help="the gap's tokens are distinct (SEP, then ids after it), as the real prompt's template tokens "
+                         "are, instead of one SEP repeated")
+    ap.add_argument("--gap-mix", action="store_true",
+                    help="each training step draws its gap uniformly from 0 .. --gap (evaluation at --gap)")
+    ap.add_argument("--gap-every", type=int, default=0,
+                    help="curriculum: start with the answer at the word and add one SEP every N steps up to --gap; "
+                         "evaluation uses the current gap and, when it differs, the final one")
+    ap.add_argument("--question-first", action="store_true",
+                    help="SEP colour, then the image, then SEP (--gap of them) row col")
     a = ap.parse_args(argv)
-    if a.at_word and a.question_first:  # both move the answer's positions; only one layout at a time
-        ap.error("--at-word and --question-first cannot be combined")
+    if a.at_word:
+        a.gap = 0
+    if a.question_first and (a.gap < 1 or a.gap_every or a.gap_mix):  # the question's SEP stays; gaps after the image
+        ap.error("--question-first takes a fixed --gap >= 1 (SEPs between the image and the answer): "
+                 "not --at-word, --gap-every or --gap-mix")
     if a.text_only or a.text_first:
         a.text_weight = a.text_weight or 1.0
-    if a.text_weight and (a.at_word or a.question_first):
+    if a.distinct_gap and SEP + a.gap > VOCAB:
+        ap.error(f"--distinct-gap: at most {VOCAB - SEP} tokens")
+    if a.text_weight and (a.gap != 1 or a.gap_every or a.question_first):
         ap.error("--text-weight uses the default layout (SEP colour SEP row col)")
 
     torch.manual_seed(a.seed)
@@ -118,10 +133,19 @@ def main(argv: list[str] | None = None) -> None:
         opt, lambda s: min(1, s / 60) * (1.0 if a.constant_lr else 0.5 * (1 + math.cos(math.pi * s / a.steps))))
     embed = lm.get_input_embeddings()
 
-    def batch(n: int, one: bool = False, paired: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    draw_gap = torch.Generator().manual_seed(a.seed + 1)  # its own stream: the scenes stay those of the other runs
+
+    def gap_at(step: int, train: bool = False) -> int:
+        if a.gap_mix and train:
+            return int(torch.randint(0, a.gap + 1, (), generator=draw_gap))
+        return min(a.gap, step // a.gap_every) if a.gap_every else a.gap
+
+    def batch(n: int, one: bool = False, paired: bool = False, gap: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image features and ``SEP colour SEP*gap row col`` (``gap`` only changes the token layout)."""
         feat, colour, cell = sample_scenes(n, g, pos, one, paired)
-        ids = torch.stack([torch.full((n,), SEP), COLOUR_IDS + colour, torch.full((n,), SEP),
-                           DIGIT_IDS + cell // g, DIGIT_IDS + cell % g], 1)
+        fill = [SEP + (k if a.distinct_gap else 0) for k in range(gap)]
+        ids = torch.stack([torch.full((n,), SEP), COLOUR_IDS + colour] + [torch.full((n,), t) for t in fill]
+                          + [DIGIT_IDS + cell // g, DIGIT_IDS + cell % g], 1)
         return feat, ids
 
     def forward(feat: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,20 +153,17 @@ def main(argv: list[str] | None = None) -> None:
         if a.shared:
             has = feat[..., :COLOURS].sum(-1, keepdim=True)
             img = img + has * embed(COLOUR_IDS + feat[..., :COLOURS].argmax(-1))
-        if a.at_word:
-            ids = torch.cat([ids[:, :2], ids[:, 3:]], 1)
         emb = embed(ids)
         n = g * g
-        if a.question_first:
+        if a.question_first:  # SEP colour, the image, SEP * gap, row, col
             logits = lm(inputs_embeds=torch.cat([emb[:, :2], img, emb[:, 2:]], 1)).logits
-            return logits[:, n + 2:n + 4], ids[:, 3:5]
+            return logits[:, -3:-1], ids[:, -2:]
         logits = lm(inputs_embeds=torch.cat([img, emb], 1)).logits
-        if a.at_word:
-            return logits[:, n + 1:n + 3], ids[:, 2:4]
-        if a.aux_at_word and torch.is_grad_enabled():  # training; positions: word -> row (auxiliary), SEP -> row, row -> col
-            return (torch.cat([logits[:, n + 1:n + 2], logits[:, n + 2:n + 4]], 1),
-                    torch.cat([ids[:, 3:4], ids[:, 3:5]], 1))
-        return logits[:, n + 2:n + 4], ids[:, 3:5]
+        gap = ids.shape[1] - 4  # the last SEP (or the word when 0) predicts the row, the row predicts the column
+        answer = logits[:, n + 1 + gap:n + 3 + gap]
+        if a.aux_at_word and gap and torch.is_grad_enabled():  # training: the word also predicts the row
+            return torch.cat([logits[:, n + 1:n + 2], answer], 1), torch.cat([ids[:, -2:-1], ids[:, -2:]], 1)
+        return answer, ids[:, -2:]
 
     def text_batch(n: int) -> torch.Tensor:
         """The lookup in words: both objects' colour, row and column, then the question and the answer."""
@@ -158,15 +179,15 @@ def main(argv: list[str] | None = None) -> None:
         logits = lm(input_ids=ids).logits[:, -3:-1]
         return logits, ids[:, -2:]
 
-    def accuracy(one: bool) -> float:
-        pred, gold = forward(*batch(512, one=one))
+    def accuracy(one: bool, gap: int) -> float:
+        pred, gold = forward(*batch(512, one=one, gap=gap))
         return (pred.argmax(-1) == gold).all(-1).float().mean().item()
 
     t0 = time.time()
     for step in range(1, a.steps + 1):
         loss = torch.zeros(())
         if not a.text_only and step > a.text_first:
-            pred, gold = forward(*batch(a.batch, one=step <= a.one_object_steps, paired=a.paired))
+            pred, gold = forward(*batch(a.batch, one=step <= a.one_object_steps, paired=a.paired, gap=gap_at(step, train=True)))
             if a.aux_at_word:
                 weight = torch.tensor([a.aux_at_word, 1.0, 1.0]).expand(len(gold), -1).reshape(-1)
                 each = torch.nn.functional.cross_entropy(pred.reshape(-1, VOCAB), gold.reshape(-1), reduction="none")
@@ -182,11 +203,13 @@ def main(argv: list[str] | None = None) -> None:
         sched.step()
         if step % 250 == 0 or step == a.steps:
             with torch.no_grad():
-                two, one = accuracy(False), accuracy(True)
-                words = ""
+                two, one = accuracy(False, gap_at(step)), accuracy(True, gap_at(step))
+                words = f"(gap {gap_at(step)}) " if a.gap_every else ""
+                if gap_at(step) != a.gap:  # how far the final layout is
+                    words += f"at gap {a.gap}: two {accuracy(False, a.gap):.3f} "
                 if a.text_weight:  # only then: drawing these would change the data of the other runs
                     tp, tg = text_forward(text_batch(512))
-                    words = f"text {(tp.argmax(-1) == tg).all(-1).float().mean().item():.3f} "
+                    words += f"text {(tp.argmax(-1) == tg).all(-1).float().mean().item():.3f} "
             print(f"step {step} loss {loss.item():.3f} two objects {two:.3f} one object {one:.3f} {words}"
                   f"{time.time() - t0:.0f}s", flush=True)
 

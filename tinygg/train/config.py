@@ -56,6 +56,7 @@ class TrainConfig:
 
     stage: str = "custom"
     init: str = "preset:tiny"  # checkpoint dir, zoo name, or preset:NAME for a fresh stage-0 model
+    init_embed_std: float | None = None  # preset init only: token embeddings drawn at this std (tinygg.build)
     data: list[DataSource] = field(default_factory=list)
     output_dir: str = "runs/custom"
     freeze: Freeze = field(default_factory=Freeze)
@@ -97,6 +98,8 @@ class TrainConfig:
                              f"{self.per_device_batch_size}")
         if self.lr_scheduler not in ("cosine", "linear", "constant", "constant_with_warmup"):
             raise ValueError(f"lr_scheduler: unknown {self.lr_scheduler!r}")
+        if self.init_embed_std is not None and not self.init.startswith("preset:"):
+            raise ValueError(f"init_embed_std applies to a fresh model (init=preset:NAME); init is {self.init!r}")
         if self.freeze.llm == "lora" and self.lora.r <= 0:
             raise ValueError("lora.r must be positive")
 

@@ -108,7 +108,7 @@ def load_init(cfg: TrainConfig):
     if cfg.init.startswith("preset:"):
         from ..build import build_model
 
-        return build_model(cfg.init.split(":", 1)[1], seed=cfg.seed)
+        return build_model(cfg.init.split(":", 1)[1], seed=cfg.seed, embed_std=cfg.init_embed_std)
     from ..inference import resolve_model_path
     import tinygg  # noqa: F401
     from transformers import AutoModelForImageTextToText, AutoProcessor
