@@ -99,3 +99,11 @@ def test_embed_std_redraws_the_tied_token_embeddings_only(component_dirs) -> Non
         build_model("tiny", llm=str(component_dirs["root"] / "llm"), embed_std=0.2)
     with pytest.raises(ValueError, match="positive"):
         build_model("tiny", embed_std=0.0)
+
+
+def test_build_cli_embed_std_is_saved(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    assert main(["build", "--preset", "tiny", "--embed-std", "0.2", "--out", str(tmp_path / "big")]) == 0
+    weights = load_file(tmp_path / "big" / "model.safetensors")
+    assert abs(float(weights["model.language_model.embed_tokens.weight"].std()) - 0.2) < 0.01

@@ -44,7 +44,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .build import build_model, save_checkpoint
 
     model, processor = build_model(args.preset, clip=args.clip, dino=args.dino, llm=args.llm, seed=args.seed,
-                                   dtype=getattr(torch, args.dtype))
+                                   dtype=getattr(torch, args.dtype), embed_std=args.embed_std)
     out = save_checkpoint(model, processor, args.out)
     n = sum(p.numel() for p in model.parameters())
     print(f"built {args.preset} TinyGroundingGPT ({n / 1e6:.1f}M parameters; {model.config.num_image_tokens} "
@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm", help="Qwen2.5 hub id or directory (default: Qwen/Qwen2.5-<size>-Instruct)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parts")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--embed-std", type=float, metavar="S",
+                   help="draw a random LLM's token embeddings at std S instead of 0.02 (tiny preset without "
+                        "--llm; docs/demo_recipe.md section 14)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("predict", formatter_class=_Formatter, help="answer one prompt about one image",
