@@ -91,16 +91,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gap-mix", action="store_true",
                     help="each training step draws its gap uniformly from 0 .. --gap (evaluation at --gap)")
     ap.add_argument("--gap-every", type=int, default=0,
-                    help="curriculum: start with the answer at the word and add one SEP every N steps up to --gap; "
-                         "evaluation uses the current gap and, when it differs, the final one")
+                    help="curriculum: start with the answer at the word (one SEP after the image with "
+                         "--question-first) and add one SEP every N steps up to --gap; evaluation uses the current "
+                         "gap and, when it differs, the final one")
+    ap.add_argument("--gap-from", type=int, default=0, help="curriculum: the first SEP is added at this step "
+                                                             "(--gap-every when 0)")
     ap.add_argument("--question-first", action="store_true",
                     help="SEP colour, then the image, then SEP (--gap of them) row col")
     a = ap.parse_args(argv)
     if a.at_word:
         a.gap = 0
-    if a.question_first and (a.gap < 1 or a.gap_every or a.gap_mix):  # the question's SEP stays; gaps after the image
-        ap.error("--question-first takes a fixed --gap >= 1 (SEPs between the image and the answer): "
-                 "not --at-word, --gap-every or --gap-mix")
+    if a.question_first and (a.gap < 1 or a.gap_mix):  # the question's SEP stays; gaps after the image
+        ap.error("--question-first takes --gap >= 1 (SEPs between the image and the answer): not --at-word or "
+                 "--gap-mix")
     if a.text_only or a.text_first:
         a.text_weight = a.text_weight or 1.0
     if a.distinct_gap and SEP + a.gap > VOCAB:
@@ -138,7 +141,11 @@ def main(argv: list[str] | None = None) -> None:
     def gap_at(step: int, train: bool = False) -> int:
         if a.gap_mix and train:
             return int(torch.randint(0, a.gap + 1, (), generator=draw_gap))
-        return min(a.gap, step // a.gap_every) if a.gap_every else a.gap
+        if not a.gap_every:
+            return a.gap
+        first = 1 if a.question_first else 0  # the shortest layout
+        start = a.gap_from or a.gap_every
+        return first if step < start else min(a.gap, first + 1 + (step - start) // a.gap_every)
 
     def batch(n: int, one: bool = False, paired: bool = False, gap: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Image features and ``SEP colour SEP*gap row col`` (``gap`` only changes the token layout)."""
