@@ -129,7 +129,7 @@ def register_synth(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--question-first", action="store_true",
                    help="put the question before <image> in every sample (its image tokens then see the question; "
                         "with --turns K only the first question of a conversation comes before the image); evaluate "
-                        "such a model with the same layout, e.g. --prompt 'Output the coordinate of <exp>\n<image>'")
+                        "such a model with the same layout, e.g. --prompt $'Output the coordinate of <exp>\\n<image>'")
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F", help="share of scenes for val (default: 0.1)")
     p.add_argument("--test-fraction", type=float, default=0.1, metavar="F", help="share of scenes for test (default: 0.1)")
     p.add_argument("--seed", type=int, default=0, metavar="SEED", help="random seed (default: 0)")
