@@ -370,9 +370,8 @@ def as_conversation(samples: list[dict[str, Any]]) -> dict[str, Any]:
     for k, s in enumerate(samples):
         human, gpt = s["conversations"]
         value = human["value"]
-        if k:  # the image is shown once, with the first question (on either side of it)
-            value = value.replace("<image>\n", "", 1) if value.startswith("<image>\n") else value.replace(
-                "\n<image>", "", 1)
+        if k:  # the image is shown once, with the first question (on either side of it: see with_image)
+            value = value.removeprefix("<image>\n").removesuffix("\n<image>")
         turns += [{"from": "human", "value": value}, gpt]
         objects += s.get("objects", [])
     out: dict[str, Any] = {"id": f"{samples[0]['id']}+{len(samples) - 1}", "image": image,

@@ -32,7 +32,8 @@ def test_every_variant_runs(capsys):
     for flags in ([], ["--shared", "--at-word", "--layers", "1"],
                   ["--question-first", "--untie", "--embed-std", "0.2", "--qk-init", "2", "--heads", "2"],
                   ["--text-first", "1", "--text-batch", "3", "--embed-std", "0.2", "--sep-std", "0.01"],
-                  ["--gap", "2", "--gap-mix", "--aux-at-word", "1"], ["--question-first", "--gap", "3", "--distinct-gap"],
+                  ["--gap", "2", "--gap-mix", "--aux-at-word", "1"],
+                  ["--question-first", "--gap", "3", "--distinct-gap"],
                   ["--question-first", "--gap", "4", "--gap-every", "1", "--gap-from", "2"]):
         rows = _run(capsys, "--grid", "2", "--steps", "2", "--batch", "2", *flags)
         assert len(rows) == 1 and all(0.0 <= v <= 1.0 for v in rows[0])

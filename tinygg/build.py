@@ -37,14 +37,20 @@ def build_model(preset: str, clip: str | None = None, dino: str | None = None, l
     directory. For ``tiny`` they are optional: given, they replace the random parts (the preset's
     ``image_size`` must then suit their patch size). ``embed_std`` re-initialises a random LLM's token
     embeddings (tied to the output head in the tiny preset) with that standard deviation instead of the
-    config's ``initializer_range`` (0.02); the tiny demo model binds words to image objects only with large
-    ones (docs/demo_recipe.md, section 14).
+    config's ``initializer_range`` (0.02): the 4-layer binding toy binds words to image objects only with
+    large ones (docs/demo_recipe.md, sections 13-14); in the real tiny model it made no difference there.
     """
     torch.manual_seed(seed)
     key = preset.strip().lower()
     TinyGGConfig.from_preset(key)  # validates the name before any download
     if key != "tiny":
         clip, dino, llm = clip or CLIP_ID, dino or DINO_ID, llm or LLM_IDS[key]
+    if embed_std is not None:  # before anything is downloaded or loaded
+        if llm:
+            raise ValueError("embed_std re-initialises a random LLM's embeddings; the LLM here is pretrained "
+                             f"({llm})")
+        if embed_std <= 0:
+            raise ValueError(f"embed_std must be positive; got {embed_std}")
     clip, dino, llm = (_component(c) for c in (clip, dino, llm))
     if llm:
         tokenizer = AutoTokenizer.from_pretrained(llm)
@@ -94,11 +100,6 @@ def build_model(preset: str, clip: str | None = None, dino: str | None = None, l
         model.model.multi_modal_projector = TinyGGProjector(config).to(dtype)
         model.tie_weights()
     if embed_std is not None:
-        if llm:
-            raise ValueError("embed_std re-initialises a random LLM's embeddings; the LLM here is pretrained "
-                             f"({llm})")
-        if embed_std <= 0:
-            raise ValueError(f"embed_std must be positive; got {embed_std}")
         with torch.no_grad():
             model.get_input_embeddings().weight.normal_(0.0, embed_std)
     random_towers = tuple(t for t in ("clip", "dino") if t not in parts)

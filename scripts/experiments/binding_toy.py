@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--qk-init", type=float, default=1.0, help="multiplier of the q / k projection init")
     ap.add_argument("--one-object-steps", type=int, default=0, help="first N steps on one-object images only")
     ap.add_argument("--shared", action="store_true", help="object tokens also carry their colour word's embedding")
-    ap.add_argument("--at-word", action="store_true", help="predict the row at the colour word (no SEP after it; --gap 0)")
+    ap.add_argument("--at-word", action="store_true",
+                    help="predict the row at the colour word (no SEP after it; --gap 0)")
     ap.add_argument("--gap", type=int, default=1, help="SEP tokens between the colour word and the row digit")
     ap.add_argument("--distinct-gap", action="store_true",
                     help="the gap's tokens are distinct (SEP, then ids after it), as the real prompt's template tokens "
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     for step in range(1, a.steps + 1):
         loss = torch.zeros(())
         if not a.text_only and step > a.text_first:
-            pred, gold = forward(*batch(a.batch, one=step <= a.one_object_steps, paired=a.paired, gap=gap_at(step, train=True)))
+            pred, gold = forward(*batch(a.batch, one=step <= a.one_object_steps, paired=a.paired,
+                                        gap=gap_at(step, train=True)))
             if a.aux_at_word:
                 weight = torch.tensor([a.aux_at_word, 1.0, 1.0]).expand(len(gold), -1).reshape(-1)
                 each = torch.nn.functional.cross_entropy(pred.reshape(-1, VOCAB), gold.reshape(-1), reduction="none")
@@ -210,9 +212,10 @@ def main(argv: list[str] | None = None) -> None:
         sched.step()
         if step % 250 == 0 or step == a.steps:
             with torch.no_grad():
-                two, one = accuracy(False, gap_at(step)), accuracy(True, gap_at(step))
-                words = f"(gap {gap_at(step)}) " if a.gap_every else ""
-                if gap_at(step) != a.gap:  # how far the final layout is
+                gap = gap_at(step)
+                two, one = accuracy(False, gap), accuracy(True, gap)
+                words = f"(gap {gap}) " if a.gap_every else ""
+                if gap != a.gap:  # how far the final layout is
                     words += f"at gap {a.gap}: two {accuracy(False, a.gap):.3f} "
                 if a.text_weight:  # only then: drawing these would change the data of the other runs
                     tp, tg = text_forward(text_batch(512))
