@@ -76,6 +76,35 @@ def test_corpus_is_reused_only_when_every_setting_matches(tmp_path: Path) -> Non
     assert all("text2box" in r["id"] for r in json.loads((folder / "train.json").read_text()))
 
 
+def test_question_first_plan_asks_every_question_before_the_image(tmp_path: Path) -> None:
+    """--question-first: its own corpora (one question per image, asked before it), and REC asked the same way."""
+    from tinygg.build import build_model
+    from tinygg.evaluate.rec import DEFAULT_PROMPT
+
+    default, qf = demo.from_scratch_plan(2.0), demo.from_scratch_plan(2.0, question_first=True)
+    assert default.rec_prompt == DEFAULT_PROMPT and not any(c.question_first for c in default.corpora)
+    assert qf.rec_prompt == DEFAULT_PROMPT + "\n<image>"
+    assert all(c.question_first and c.turns == 1 for c in qf.corpora)
+    names = {c.name for c in qf.corpora}
+    assert not names & {c.name for c in default.corpora}  # one run folder can hold both layouts' data
+    assert set(qf.rec_tests) == names and {p.split("/")[0] for st in qf.stages for p, _ in st.data} <= names | {
+        "dig_sft.json"}
+
+    corpus = replace(qf.corpora[1], n=4, test_fraction=0.5)
+    folder = demo.make_corpus(corpus, tmp_path, progress=False)
+    for row in json.loads((folder / "train.json").read_text()):
+        assert row["conversations"][0]["value"].endswith("\n<image>")
+    specs = demo.split_rec_rows(folder / "test_rec.jsonl", tmp_path / "rows", limit=2)
+    model, processor = build_model("tiny")
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    processor.save_pretrained(ckpt)
+    demo.eval_rec(ckpt, specs, tmp_path / "eval", prompt=qf.rec_prompt)
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert rows and all(r["prompt"].startswith("Output the coordinate of ") and r["prompt"].endswith("<image>")
+                        for r in rows)
+
+
 def test_rec_rows_split_by_relation(tmp_path: Path) -> None:
     rows = [{"img_path": "images/a.png", "expression": "the red cube", "bbox": [1, 2, 3, 4]},
             {"img_path": "images/a.png", "expression": "the cube left of the red sphere", "bbox": [1, 2, 3, 4]}]

@@ -68,6 +68,7 @@ class Corpus:
     val_fraction: float = 0.0
     turns: int = 1  # questions per conversation (dig.synth.SynthConfig.turns)
     zoom: float = DEMO_ZOOM
+    question_first: bool = False  # the question before <image> (dig.synth.SynthConfig.question_first)
 
 
 @dataclass(frozen=True)
@@ -99,37 +100,46 @@ class Plan:
     rec_tests: tuple[str, ...] = ("synth_single", "synth_full")
     dig_test: str = "dig_test"
     eval_limit: int = 300  # REC rows per test file
+    rec_prompt: str = "Output the coordinate of <exp>"  # REC questions at evaluation, in the corpora's layout
     steps_scale: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def from_scratch_plan(hours: float) -> Plan:
+def from_scratch_plan(hours: float, question_first: bool = False) -> Plan:
     """The run that trains the shipped checkpoints (docs/demo_recipe.md says why each choice): single-object
     localisation first (the longest stage), then multi-object attribute REC, then everything with relations and
     the DiG question, each later stage replaying single-object data; the multi-object corpora ask up to four
-    questions per image in one conversation."""
+    questions per image in one conversation.
+
+    ``question_first`` (docs/demo_recipe.md section 15): every corpus asks its question before ``<image>`` and is
+    evaluated that way; the multi-object corpora then ask one question per image, since a conversation's later
+    questions would come after the image."""
+    from dig.synth import with_image
+
+    qf = question_first
+    turns = 1 if qf else 4
+    single, attr, full = ("synth_single_qf", "synth_attr_qf", "synth_full_qf") if qf else (
+        "synth_single", "synth_attr_t4", "synth_full_t4")
     return Plan(
         corpora=[
-            Corpus("synth_single", 6000, 1, 1, ("object2box", "text2box"), False, seed=1),
-            Corpus("synth_attr_t4", 6000, 2, 4, ("text2box", "object2box", "box2text"), False, seed=2,
-                   turns=4),
-            Corpus("synth_full_t4", 6000, 2, 6, ("text2box", "box2text", "object2box", "text2object"), True,
-                   seed=3, turns=4),
+            Corpus(single, 6000, 1, 1, ("object2box", "text2box"), False, seed=1, question_first=qf),
+            Corpus(attr, 6000, 2, 4, ("text2box", "object2box", "box2text"), False, seed=2, turns=turns,
+                   question_first=qf),
+            Corpus(full, 6000, 2, 6, ("text2box", "box2text", "object2box", "text2object"), True, seed=3,
+                   turns=turns, question_first=qf),
         ],
         pair_sets={"dig_single": PairSet("single", 1000, 1), "dig_dual": PairSet("dual", 1000, 2),
                    "dig_mixed": PairSet("mixed", 800, 3), "dig_test": PairSet("mixed", 200, 4)},
         sft_pairs=("dig_single", "dig_dual"),
         stages=[
-            SftStage("stage1", "stage1.yaml", (("synth_single/train.json", 1.0),)),
-            SftStage("stage2", "stage2.yaml", (("synth_attr_t4/train.json", 1.0),
-                                               ("synth_single/train.json", 0.5))),
-            SftStage("stage3", "stage3.yaml", (("synth_full_t4/train.json", 1.0),
-                                               ("synth_attr_t4/train.json", 0.5),
-                                               ("synth_single/train.json", 0.3),
-                                               ("dig_sft.json", 1.0))),
+            SftStage("stage1", "stage1.yaml", ((f"{single}/train.json", 1.0),)),
+            SftStage("stage2", "stage2.yaml", ((f"{attr}/train.json", 1.0), (f"{single}/train.json", 0.5))),
+            SftStage("stage3", "stage3.yaml", ((f"{full}/train.json", 1.0), (f"{attr}/train.json", 0.5),
+                                               (f"{single}/train.json", 0.3), ("dig_sft.json", 1.0))),
         ],
-        rec_tests=("synth_single", "synth_attr_t4", "synth_full_t4"),
+        rec_tests=(single, attr, full),
         steps_scale=hours / NOMINAL_HOURS,
+        rec_prompt=with_image(Plan.rec_prompt, question_first=True) if qf else Plan.rec_prompt,
     )
 
 
@@ -141,7 +151,7 @@ def make_corpus(c: Corpus, out: Path, progress: bool = True) -> Path:
     folder = out / c.name
     cfg = SynthConfig(out=folder, n=c.n, min_objects=c.min_objects, max_objects=c.max_objects, zoom=c.zoom,
                       tasks=c.tasks, relations=c.relations, seed=c.seed, val_fraction=c.val_fraction,
-                      test_fraction=c.test_fraction, turns=c.turns)
+                      test_fraction=c.test_fraction, turns=c.turns, question_first=c.question_first)
     info = folder / "synth_info.json"
     if info.exists():  # reuse a finished corpus only if every setting it was made with matches
         made = json.loads(info.read_text())["config"]
@@ -346,16 +356,17 @@ def run_dig_stage(init: str, pairs: Path, out_dir: Path, config: str = "dig.yaml
         return run_stage(cfg, name="dig")
 
 
-def eval_rec(model_dir: Path, specs: list[str], out_dir: Path, vis: int = 0) -> dict[str, Any]:
-    """Acc@0.5 of a checkpoint on the REC test files (resumes from ``out_dir``)."""
+def eval_rec(model_dir: Path, specs: list[str], out_dir: Path, vis: int = 0,
+             prompt: str = Plan.rec_prompt) -> dict[str, Any]:
+    """Acc@0.5 of a checkpoint on the REC test files, asked with ``prompt`` (resumes from ``out_dir``)."""
     from tinygg.evaluate.rec import evaluate_rec
     from tinygg.evaluate.sources import load_rec_data
     from tinygg.inference import load_model
 
     samples, problems = load_rec_data(specs)
     model, processor = load_model(model_dir, dtype=__import__("torch").float32, device="cpu")
-    return evaluate_rec(model, processor, samples, out_dir, batch_size=16, vis=vis, problems=problems,
-                        settings={"model": str(model_dir), "data": specs}, progress=True)
+    return evaluate_rec(model, processor, samples, out_dir, prompt=prompt, batch_size=16, vis=vis,
+                        problems=problems, settings={"model": str(model_dir), "data": specs}, progress=True)
 
 
 def eval_dig(model_dir: Path, pairs_file: Path, out_dir: Path, vis: int = 0) -> dict[str, Any]:
@@ -396,7 +407,8 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
     specs = {t: split_rec_rows(data / t / "test_rec.jsonl", out / "eval" / "rec_data" / t, plan.eval_limit)
              for t in plan.rec_tests}
 
-    summary: dict[str, Any] = {"mode": "from-scratch", "hours_budget": hours, "stages": {}}
+    summary: dict[str, Any] = {"mode": "from-scratch", "hours_budget": hours, "rec_prompt": plan.rec_prompt,
+                               "stages": {}}
     init = "preset:tiny"
     pair_files: dict[str, Path] = {}
     for stage in plan.stages:
@@ -414,7 +426,7 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
         final = run_sft_stage(stage, init, data, out / stage.name, plan.steps_scale)
         entry = {"checkpoint": str(final), "rec": {}}
         for t, sp in specs.items():
-            m = eval_rec(final, sp, out / "eval" / stage.name / f"rec_{t}", vis=8)
+            m = eval_rec(final, sp, out / "eval" / stage.name / f"rec_{t}", vis=8, prompt=plan.rec_prompt)
             entry["rec"][t] = rec_row_accuracies(m)
         summary["stages"][stage.name] = entry
         init = str(final)
@@ -423,7 +435,8 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
     dig_final = run_dig_stage(str(stage3), pair_files[plan.dig_pairs], out / "dig", plan.dig_config,
                               plan.steps_scale)
     after = eval_dig(dig_final, pair_files[plan.dig_test], out / "eval" / "dig" / "dig", vis=8)
-    rec_after = {t: eval_rec(dig_final, sp, out / "eval" / "dig" / f"rec_{t}") for t, sp in specs.items()}
+    rec_after = {t: eval_rec(dig_final, sp, out / "eval" / "dig" / f"rec_{t}", prompt=plan.rec_prompt)
+                 for t, sp in specs.items()}
     summary["stages"]["dig"] = {"checkpoint": str(dig_final),
                                 "rec": {t: rec_row_accuracies(m) for t, m in rec_after.items()}}
     summary["dig"] = {"before": before["overall"], "after": after["overall"]}
@@ -435,7 +448,8 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(from_scratch_report(summary))
     if ship_to:
-        ship_checkpoints(stage3, dig_final, out, *ship_to, rec_specs=specs[plan.rec_tests[-1]])
+        ship_checkpoints(stage3, dig_final, out, *ship_to, rec_specs=specs[plan.rec_tests[-1]],
+                         rec_prompt=plan.rec_prompt)
     return summary
 
 
@@ -470,7 +484,7 @@ def shipped_location() -> tuple[Path, Path]:
 
 
 def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path, dest_root: Path, registry: Path,
-                     rec_specs: list[str] | None = None) -> None:
+                     rec_specs: list[str] | None = None, rec_prompt: str = Plan.rec_prompt) -> None:
     """Half-precision copies of both results under ``dest_root``, registered in ``registry`` (inside the
     model_zoo package they are recorded as ``package://`` paths). The copies themselves are evaluated on
     ``rec_specs`` (the run's REC test rows), so the numbers on their cards are the shipped weights' own."""
@@ -492,7 +506,7 @@ def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path, dest_root: Pa
         if rec_specs:
             shipped_eval = run_dir / "eval" / f"shipped_{stage}"
             shutil.rmtree(shipped_eval, ignore_errors=True)
-            eval_rec(dest, rec_specs, shipped_eval)
+            eval_rec(dest, rec_specs, shipped_eval, prompt=rec_prompt)
             evals = [shipped_eval / "metrics.json"]
         add(name, from_dir=dest, preset="tiny", stage=stage, registry_path=registry, overwrite=True,
             parent=SHIPPED["stage3"] if stage == "dig" else None, license="apache-2.0", eval_json=evals,
@@ -663,6 +677,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hours", type=float, default=NOMINAL_HOURS, metavar="H",
                    help="--from-scratch: budget in hours; scales every stage's max_steps (the YAMLs' step counts "
                         "are sized for 2 h on 2 CPU cores)")
+    p.add_argument("--question-first", action="store_true",
+                   help="--from-scratch: every corpus asks its question before <image>, and REC is asked that way "
+                        "(docs/demo_recipe.md section 15)")
     p.add_argument("--ship", action="store_true",
                    help="--from-scratch: copy the results (fp16) into model_zoo/checkpoints and register them")
     p.add_argument("--stage3", default=SHIPPED["stage3"], metavar="MODEL", help="stage-3 checkpoint (dir or zoo name)")
@@ -676,7 +693,8 @@ def _handler(args: argparse.Namespace) -> int:
     out = Path(args.out or ("runs/demo-from-scratch" if args.from_scratch else "runs/demo"))
     out.mkdir(parents=True, exist_ok=True)
     if args.from_scratch:
-        s = from_scratch(out, from_scratch_plan(args.hours), ship_to=shipped_location() if args.ship else None)
+        plan = from_scratch_plan(args.hours, args.question_first)
+        s = from_scratch(out, plan, ship_to=shipped_location() if args.ship else None)
         print((out / "report.md").read_text())
         print(f"metrics -> {out / 'metrics.json'}")
         return 0 if s else 1
