@@ -82,3 +82,33 @@ def test_sample_images_from_scikit_image():
     assert img.size == (600, 400) and img.mode == "RGB"
     with pytest.raises(ValueError, match="no sample image 'nope'"):
         load_image("sample:nope")
+
+
+def test_answer_gap_joins_an_image_ending_turn_to_its_answer(tiny_model):
+    """The answer-gap curriculum keeps the first k template tokens between a question-first image and the answer;
+    the full count is the plain template, and turns that do not end with the image keep theirs."""
+    _, processor = tiny_model
+    tok = processor.tokenizer
+    turns = [{"from": "human", "value": "Output the coordinate of the cube.\n<image>"},
+             {"from": "gpt", "value": "[0.100,0.200,0.300,0.400]"},
+             {"from": "human", "value": "And the sphere?"},
+             {"from": "gpt", "value": "[0.5,0.5,0.6,0.6]"}]
+    image = [random_image(30, 20)]
+    full = processor.encode_conversation(turns, image, with_pixels=False)
+    sep = processor.answer_separator()
+    assert tok.decode(sep) == "<|im_end|>\n<|im_start|>assistant\n"
+    image_end = max(i for i, t in enumerate(full["input_ids"]) if t == processor.image_token_id) + 1
+    for k in range(len(sep) + 2):
+        enc = processor.encode_conversation(turns, image, with_pixels=False, answer_gap=k)
+        ids, labels = enc["input_ids"], enc["labels"]
+        kept = min(k, len(sep))
+        assert ids[image_end:image_end + kept] == sep[:kept]
+        assert tok.decode(ids[image_end + kept:]).startswith("[0.100,0.200,0.300,0.400]<|im_end|>\n<|im_start|>user\n")
+        assert ids[:image_end] == full["input_ids"][:image_end]
+        assert len(ids) == len(full["input_ids"]) - (len(sep) - kept)
+        learned = tok.decode([t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX])
+        assert learned == "[0.100,0.200,0.300,0.400]<|im_end|>[0.5,0.5,0.6,0.6]<|im_end|>"
+        assert (ids == full["input_ids"]) == (k >= len(sep))
+    image_first = [{"from": "human", "value": "<image>\nOutput the coordinate of the cube."}, turns[1]]
+    assert (processor.encode_conversation(image_first, image, with_pixels=False, answer_gap=0)["input_ids"]
+            == processor.encode_conversation(image_first, image, with_pixels=False)["input_ids"])

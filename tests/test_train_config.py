@@ -75,3 +75,16 @@ def test_init_embed_std_reaches_the_fresh_model():
 
     model, _ = load_init(load_config(None, ["preset=tiny", "init_embed_std=0.2"]))
     assert abs(float(model.get_input_embeddings().weight.std()) - 0.2) < 0.01
+
+
+def test_answer_gap_schedule_and_its_checks():
+    cfg = load_config(None, ["max_steps=100", "answer_gap_every=10", "answer_gap_from=40"])
+    assert [cfg.answer_gap_at(s, full=6) for s in (0, 39, 40, 49, 50, 89, 90, 99)] == [0, 0, 1, 1, 2, 5, None, None]
+    assert cfg.answer_gap_end(6) == 90
+    no_from = load_config(None, ["max_steps=100", "answer_gap_every=10"])
+    assert [no_from.answer_gap_at(s, full=3) for s in (0, 9, 10, 20, 30)] == [0, 0, 1, 2, None]
+    assert load_config(None, ["max_steps=100"]).answer_gap_at(0, full=6) is None  # off
+    with pytest.raises(ValueError, match="answer_gap_every needs max_steps"):
+        load_config(None, ["answer_gap_every=10"])
+    with pytest.raises(ValueError, match="must be >= 0"):
+        load_config(None, ["max_steps=100", "answer_gap_every=-1"])

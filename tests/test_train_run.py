@@ -181,3 +181,41 @@ def test_feature_cache_keys_follow_the_image_contents_not_its_path(tmp_path):
     Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(img)
     os.utime(img, ns=(1, 1))  # even with an old modification time, the new size/mtime pair is read anew
     assert cache.key(img, None) != first[0] and cache.key(img, box) != first[1]
+
+
+def test_answer_gap_curriculum_trains_resumes_and_ends_with_the_full_template(rec_train_json, tmp_path, caplog):
+    """Question-first samples: the answer first follows the image directly, a template token comes back every
+    step; a run resumed from its step-4 checkpoint continues at that step's gap and the uninterrupted run's
+    losses; a curriculum that would not end before max_steps is refused. (What each gap encodes:
+    test_processor.py.)"""
+    import logging
+    import shutil
+
+    rows = json.loads(rec_train_json.read_text())
+    for r in rows:
+        first = r["conversations"][0]
+        assert first["value"].startswith("<image>\n")
+        first["value"] = first["value"].removeprefix("<image>\n") + "\n<image>"
+    qf = rec_train_json.with_name("train_qf.json")
+    qf.write_text(json.dumps(rows))
+    common = ["max_steps=8", "save_steps=4", "feature_cache=false"]
+
+    def losses(out):
+        return {h["step"]: h["loss"] for h in _losses(out) if "loss" in h}
+
+    with caplog.at_level(logging.INFO, logger="tinygg.train.trainer"):
+        run(_cfg(qf, tmp_path / "a", *common, "answer_gap_every=1"))
+    said = [m for m in caplog.messages if m.startswith("answer-gap curriculum")]
+    assert said == [f"answer-gap curriculum: step {s}, {s} of 6 template tokens" for s in range(6)] + [
+        "answer-gap curriculum: step 6, the full template"]
+    (tmp_path / "b").mkdir()
+    shutil.copytree(tmp_path / "a" / "checkpoint-4", tmp_path / "b" / "checkpoint-4")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tinygg.train.trainer"):
+        run(_cfg(qf, tmp_path / "b", *common, "answer_gap_every=1"))
+    assert "answer-gap curriculum: step 4, 4 of 6 template tokens" in caplog.messages
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(b) == list(range(1, 9))  # steps 1-4 from the checkpoint's history, 5-8 trained again
+    assert [b[s] for s in range(5, 9)] == pytest.approx([a[s] for s in range(5, 9)], rel=1e-3)
+    with pytest.raises(ValueError, match="comes back at step 6, after max_steps 5"):
+        run(_cfg(qf, tmp_path / "short", "max_steps=5", "answer_gap_every=1"))

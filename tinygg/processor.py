@@ -198,11 +198,21 @@ class TinyGGProcessor(ProcessorMixin):
             text += "<|im_start|>assistant\n"
         return text
 
+    def answer_separator(self) -> list[int]:
+        """The template tokens between a user turn and the assistant's answer: ``<|im_end|>\\n<|im_start|>assistant\\n``."""
+        pieces = ("<|im_end|>", "\n", "<|im_start|>assistant\n")  # as encode_conversation joins them
+        return [i for p in pieces for i in self.tokenizer(p, add_special_tokens=False)["input_ids"]]
+
     def encode_conversation(self, turns: Sequence[dict], images: Sequence[Image.Image] = (),
                             objects: Sequence[Sequence[float]] = (), where: str = "sample",
-                            with_pixels: bool = True) -> dict[str, Any]:
+                            with_pixels: bool = True, answer_gap: int | None = None) -> dict[str, Any]:
         """One training sample: ``input_ids``, ``labels`` (assistant turns only), ``pixel_values`` and the
-        placeholder ``kinds`` ("image"/"object") in the order of the pixel rows."""
+        placeholder ``kinds`` ("image"/"object") in the order of the pixel rows.
+
+        ``answer_gap`` (training curriculum, :class:`tinygg.train.config.TrainConfig` ``answer_gap_every``): where a
+        user turn ends with ``<image>`` and an assistant turn follows, only the first ``answer_gap`` tokens of
+        :meth:`answer_separator` are kept between them, so the answer starts that close to the image; ``None`` (or
+        the separator's length) is the full template."""
         ids: list[int] = []
         labels: list[int] = []
         kinds: list[str] = []
@@ -213,18 +223,23 @@ class TinyGGProcessor(ProcessorMixin):
             ids += sys_ids
             labels += [IGNORE_INDEX] * len(sys_ids)
         n_assistant = 0
+        shortened = False  # the previous user turn ended at its image and was joined to this answer
         for i, t in enumerate(turns):
             role = _role(t, where=f"{where}: conversations[{i}]")
-            head = tok(f"<|im_start|>{role}\n")
-            body, k = self.expand_placeholders(_content(t, where=f"{where}: conversations[{i}]"))
+            content = _content(t, where=f"{where}: conversations[{i}]")
+            head = [] if shortened else tok(f"<|im_start|>{role}\n")
+            body, k = self.expand_placeholders(content)
             kinds += k
             end, nl = tok("<|im_end|>"), tok("\n")
-            ids += head + body + end + nl
+            shortened = (answer_gap is not None and role == "user" and content.rstrip().endswith(IMAGE_TOKEN)
+                         and i + 1 < len(turns) and _role(turns[i + 1]) == "assistant")
+            tail = self.answer_separator()[:max(answer_gap, 0)] if shortened else end + nl
+            ids += head + body + tail
             if role == "assistant":
                 n_assistant += 1
                 labels += [IGNORE_INDEX] * len(head) + body + end + [IGNORE_INDEX] * len(nl)
             else:
-                labels += [IGNORE_INDEX] * (len(head) + len(body) + len(end) + len(nl))
+                labels += [IGNORE_INDEX] * (len(head) + len(body) + len(tail))
         if n_assistant == 0:
             raise ValueError(f"{where}: conversations have no assistant ('gpt') turn to learn from")
         pictures = self.pictures_for(kinds, images, objects, where=where, check_only=not with_pixels)

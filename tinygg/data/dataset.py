@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.processor = processor
         self.max_length = max_length
         self.feature_cache = feature_cache
+        # the answer-gap curriculum's current gap (-1: the full template), shared with dataloader workers
+        self._answer_gap = multiprocessing.Value("i", -1, lock=False)
         for sample, root in items:  # fail early, before any training step
             for rel in sample.images:
                 resolve_image(root, rel, sample)
@@ -89,6 +92,16 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def answer_gap(self) -> int | None:
+        """Template tokens kept between an image that ends a user turn and the answer (``None``: all of them;
+        see :meth:`tinygg.processor.TinyGGProcessor.encode_conversation`)."""
+        return None if self._answer_gap.value < 0 else self._answer_gap.value
+
+    @answer_gap.setter
+    def answer_gap(self, gap: int | None) -> None:
+        self._answer_gap.value = -1 if gap is None else gap
 
     def image_path(self, i: int, rel: str) -> Path:
         sample, root = self.items[i]
@@ -121,7 +134,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
             sample, images = self.pictures(i)
         try:
             enc = self.processor.encode_conversation(sample.conversations, images, sample.objects,
-                                                     where=sample.source, with_pixels=not cached)
+                                                     where=sample.source, with_pixels=not cached,
+                                                     answer_gap=self.answer_gap)
         except ValueError as e:
             raise sample.error("objects" if "objects" in str(e) else "conversations", str(e)) from None
         if len(enc["input_ids"]) > self.max_length:

@@ -81,6 +81,11 @@ class TrainConfig:
     feature_cache_dir: str | None = None
     max_length: int = 2048
     dataloader_workers: int = 0
+    # answer-gap curriculum (docs/demo_recipe.md section 15): in samples whose user turn ends with <image>, the
+    # answer first follows the image directly, then one template token more comes back every `answer_gap_every`
+    # steps (the first at step `answer_gap_from`, default answer_gap_every) until the full template; 0 = off
+    answer_gap_every: int = 0
+    answer_gap_from: int = 0
     # bookkeeping
     seed: int = 0
     logging_steps: int = 10
@@ -100,8 +105,26 @@ class TrainConfig:
             raise ValueError(f"lr_scheduler: unknown {self.lr_scheduler!r}")
         if self.init_embed_std is not None and not self.init.startswith("preset:"):
             raise ValueError(f"init_embed_std applies to a fresh model (init=preset:NAME); init is {self.init!r}")
+        if self.answer_gap_every < 0 or self.answer_gap_from < 0:
+            raise ValueError("answer_gap_every and answer_gap_from must be >= 0")
+        if self.answer_gap_every and self.max_steps <= 0:
+            raise ValueError("answer_gap_every needs max_steps (the curriculum must end with the full template "
+                             "before training does)")
         if self.freeze.llm == "lora" and self.lora.r <= 0:
             raise ValueError("lora.r must be positive")
+
+    def answer_gap_at(self, step: int, full: int) -> int | None:
+        """Template tokens kept between the image and the answer at ``step`` (``None``: the full template, or no
+        curriculum); ``full`` is the separator's length."""
+        if not self.answer_gap_every:
+            return None
+        start = self.answer_gap_from or self.answer_gap_every
+        gap = 0 if step < start else 1 + (step - start) // self.answer_gap_every
+        return None if gap >= full else gap
+
+    def answer_gap_end(self, full: int) -> int:
+        """The first step trained with the full template again."""
+        return (self.answer_gap_from or self.answer_gap_every) + (full - 1) * self.answer_gap_every
 
     @property
     def uses_feature_cache(self) -> bool:

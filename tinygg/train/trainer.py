@@ -85,6 +85,27 @@ class LossCurveCallback(TrainerCallback):
         self._write(state)
 
 
+class AnswerGapCallback(TrainerCallback):
+    """Moves the dataset along the answer-gap curriculum (:meth:`TrainConfig.answer_gap_at`): the gap of the
+    next step is set when a step ends (and at the start, for a resumed run)."""
+
+    def __init__(self, cfg: TrainConfig, dataset: SupervisedDataset, full: int) -> None:
+        self.cfg, self.dataset, self.full = cfg, dataset, full
+
+    def _set(self, step: int) -> None:
+        gap = self.cfg.answer_gap_at(step, self.full)
+        if gap != self.dataset.answer_gap:
+            logger.info("answer-gap curriculum: step %d, %s", step,
+                        "the full template" if gap is None else f"{gap} of {self.full} template tokens")
+        self.dataset.answer_gap = gap
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._set(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._set(state.global_step)
+
+
 def plot_curve(steps: list[float], values: list[float], path: Path, ylabel: str, title: str = "") -> Path:
     import matplotlib
 
@@ -177,9 +198,17 @@ def run(cfg: TrainConfig) -> Path:
                     len(dataset), world, cfg.batch_size, cfg.per_device_batch_size, world,
                     args.gradient_accumulation_steps)
 
+    callbacks: list[TrainerCallback] = [LossCurveCallback(out)]
+    if cfg.answer_gap_every:
+        full = len(processor.answer_separator())
+        if cfg.answer_gap_end(full) > cfg.max_steps:
+            raise ValueError(f"answer-gap curriculum: the full template ({full} tokens) comes back at step "
+                             f"{cfg.answer_gap_end(full)}, after max_steps {cfg.max_steps}; lower answer_gap_every "
+                             "or answer_gap_from")
+        callbacks.append(AnswerGapCallback(cfg, dataset, full))
     trainer = TinyGGTrainer(model=model, args=args, train_dataset=dataset,
                             data_collator=Collator(processor.tokenizer.pad_token_id),
-                            processing_class=processor, callbacks=[LossCurveCallback(out)],
+                            processing_class=processor, callbacks=callbacks,
                             group_by_length=cfg.group_by_length)
     last = get_last_checkpoint(str(out)) if cfg.resume and any(out.glob("checkpoint-*")) else None
     if last:
