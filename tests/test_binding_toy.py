@@ -88,3 +88,25 @@ def test_binding_eval_names_the_attributes_an_expression_asks_for():
     assert words_asked("the small red object") == "size+color"
     assert words_asked("the large gray metal cylinder") == "size+color+material+shape"
     assert words_asked("the object") == "object"
+
+
+@pytest.mark.parametrize("gap", [-2, 0, 3])
+def test_binding_eval_asks_as_the_answer_gap_curriculum_trains(gap):
+    """A mid-curriculum checkpoint is asked with exactly the tokens it was trained on before its answer."""
+    from PIL import Image
+
+    from tinygg.build import build_model
+
+    at_answer_gap = runpy.run_path(str(EXPERIMENTS / "binding_eval.py"))["at_answer_gap"]
+    _, processor = build_model("tiny")
+    _, asked = build_model("tiny")
+    image = Image.new("RGB", (128, 96))
+    question = "Output the coordinate of the red cube\n<image>"
+    prefix = at_answer_gap(asked, gap)
+    text = asked.format_chat([{"from": "human", "value": question}], add_generation_prompt=True)
+    ids = asked(text=[text], images=[[image]])["input_ids"][0].tolist()
+    trained = processor.encode_conversation([{"from": "human", "value": question},
+                                             {"from": "gpt", "value": "[0.123,0.2,0.3,0.4]"}], [image],
+                                            with_pixels=False, answer_gap=gap)["input_ids"]
+    assert trained[:len(ids)] == ids
+    assert (prefix + processor.tokenizer.decode(trained[len(ids):])).startswith("[0.123,0.2,0.3,0.4]")

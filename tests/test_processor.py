@@ -109,6 +109,11 @@ def test_answer_gap_joins_an_image_ending_turn_to_its_answer(tiny_model):
         learned = tok.decode([t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX])
         assert learned == "[0.100,0.200,0.300,0.400]<|im_end|>[0.5,0.5,0.6,0.6]<|im_end|>"
         assert (ids == full["input_ids"]) == (k >= len(sep))
+    for k, rest in ((-2, ".100,0.200"), (-3, "100,0.200")):  # the answer's own first tokens left out too
+        enc = processor.encode_conversation(turns, image, with_pixels=False, answer_gap=k)
+        assert tok.decode(enc["input_ids"][image_end:]).startswith(rest + ",0.300,0.400]<|im_end|>\n")
+        learned = tok.decode([t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE_INDEX])
+        assert learned == rest + ",0.300,0.400]<|im_end|>[0.5,0.5,0.6,0.6]<|im_end|>"
     image_first = [{"from": "human", "value": "<image>\nOutput the coordinate of the cube."}, turns[1]]
     assert (processor.encode_conversation(image_first, image, with_pixels=False, answer_gap=0)["input_ids"]
             == processor.encode_conversation(image_first, image, with_pixels=False)["input_ids"])

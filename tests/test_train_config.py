@@ -84,6 +84,9 @@ def test_answer_gap_schedule_and_its_checks():
     no_from = load_config(None, ["max_steps=100", "answer_gap_every=10"])
     assert [no_from.answer_gap_at(s, full=3) for s in (0, 9, 10, 20, 30)] == [0, 0, 1, 2, None]
     assert load_config(None, ["max_steps=100"]).answer_gap_at(0, full=6) is None  # off
+    early = load_config(None, ["max_steps=100", "answer_gap_every=10", "answer_gap_start=-2"])
+    assert [early.answer_gap_at(s, full=2) for s in (0, 9, 10, 20, 30, 40)] == [-2, -2, -1, 0, 1, None]
+    assert early.answer_gap_end(2) == 40
     with pytest.raises(ValueError, match="answer_gap_every needs max_steps"):
         load_config(None, ["answer_gap_every=10"])
     with pytest.raises(ValueError, match="must be >= 0"):

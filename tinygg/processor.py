@@ -211,8 +211,10 @@ class TinyGGProcessor(ProcessorMixin):
 
         ``answer_gap`` (training curriculum, :class:`tinygg.train.config.TrainConfig` ``answer_gap_every``): where a
         user turn ends with ``<image>`` and an assistant turn follows, only the first ``answer_gap`` tokens of
-        :meth:`answer_separator` are kept between them, so the answer starts that close to the image; ``None`` (or
-        the separator's length) is the full template."""
+        :meth:`answer_separator` are kept between them, so the answer starts that close to the image; a negative
+        gap also leaves out the answer's first ``-answer_gap`` tokens (``[0.123,...`` at -2 becomes ``.123,...``,
+        its first digit predicted right after the image); ``None`` (or the separator's length) is the full
+        template."""
         ids: list[int] = []
         labels: list[int] = []
         kinds: list[str] = []
@@ -229,6 +231,8 @@ class TinyGGProcessor(ProcessorMixin):
             content = _content(t, where=f"{where}: conversations[{i}]")
             head = [] if shortened else tok(f"<|im_start|>{role}\n")
             body, k = self.expand_placeholders(content)
+            if shortened and answer_gap < 0:
+                body = body[-answer_gap:]
             kinds += k
             end, nl = tok("<|im_end|>"), tok("\n")
             shortened = (answer_gap is not None and role == "user" and content.rstrip().endswith(IMAGE_TOKEN)

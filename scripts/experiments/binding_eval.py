@@ -35,10 +35,29 @@ def landing(pred: np.ndarray, target: int, boxes: list) -> str:
     return "other" if (ious >= 0.5).any() else "neither"
 
 
+def at_answer_gap(processor, gap: int) -> str:
+    """Make ``processor`` build generation prompts as the answer-gap curriculum trains them at ``gap``
+    (``TrainConfig.answer_gap_start``; the prompt must end with ``<image>``): only the first ``gap`` template tokens
+    after the user turn, or, when negative, none and the answer's first ``-gap`` tokens left out. Returns the
+    text those left-out tokens are (prepended to each answer before it is parsed)."""
+    tok = processor.tokenizer
+    sep = processor.answer_separator()
+    kept = tok.decode(sep[:max(gap, 0)])
+    cut = tok("[0.", add_special_tokens=False)["input_ids"]
+    prefix = tok.decode(cut[:max(-gap, 0)])
+    chat = processor.format_chat
+
+    def shortened(turns, add_generation_prompt: bool = False) -> str:
+        return chat(turns).removesuffix("<|im_end|>\n") + kept
+
+    processor.format_chat = shortened
+    return prefix
+
+
 def rec_rows(model, processor, corpus: Path, split: str, limit: int, batch_size: int,
-             prompt: str = DEFAULT_PROMPT) -> list[dict]:
+             prompt: str = DEFAULT_PROMPT, answer_prefix: str = "") -> list[dict]:
     """Each REC row asked (``prompt`` with the expression; ``<image>`` goes first unless the prompt places it):
-    its expression, the number of visible objects, and where the answer landed."""
+    its expression, the number of visible objects, and where the answer (after ``answer_prefix``) landed."""
     from tinygg.demo import scene_boxes
     from tinygg.inference import Query, generate
 
@@ -53,6 +72,7 @@ def rec_rows(model, processor, corpus: Path, split: str, limit: int, batch_size:
     for r, path, a in zip(rows, paths, answers):
         boxes = scenes[path]
         target = int(box_iou(np.asarray([r["bbox"]], dtype=float), np.asarray(boxes, dtype=float))[0].argmax())
+        a = answer_prefix + a
         pred = square_to_pixel(parse_boxes(a), *images[path].size)
         out.append({"expression": r["expression"], "objects": len(boxes), "answer": a,
                     "landing": landing(pred, target, boxes)})
@@ -103,8 +123,13 @@ def main() -> None:
     ap.add_argument("--prompt", default=DEFAULT_PROMPT,
                     help="REC prompt with <exp>; the image goes first unless it holds <image> (e.g. "
                          "'Output the coordinate of <exp>\\n<image>' for a model trained question-first)")
+    ap.add_argument("--answer-gap", type=int, default=None, metavar="G",
+                    help="ask as the answer-gap curriculum trains at gap G (a checkpoint saved mid-curriculum; "
+                         "the prompt must end with <image>)")
     args = ap.parse_args()
     args.prompt = args.prompt.replace("\\n", "\n")
+    if args.answer_gap is not None and not args.prompt.endswith("<image>"):
+        ap.error("--answer-gap needs a question-first --prompt ending with <image>")
 
     import torch
 
@@ -113,7 +138,8 @@ def main() -> None:
     torch.set_num_threads(1)
     model, processor = load_model(args.model, dtype=torch.float32, device="cpu")
     result: dict = {"model": args.model, "corpus": str(args.corpus)}
-    rows = rec_rows(model, processor, args.corpus, args.split, args.limit, args.batch_size, args.prompt)
+    prefix = at_answer_gap(processor, args.answer_gap) if args.answer_gap is not None else ""
+    rows = rec_rows(model, processor, args.corpus, args.split, args.limit, args.batch_size, args.prompt, prefix)
     result["rec"] = rows
     random_object = np.mean([1 / r["objects"] for r in rows])
     print(f"{args.model}: REC {summary([r['landing'] for r in rows])}; random object {random_object:.1%}")

@@ -62,6 +62,9 @@ def mix(sources: Sequence[DataSource], seed: int = 0, skip_invalid: bool = False
     return out
 
 
+_FULL_TEMPLATE = -(2**31)  # SupervisedDataset.answer_gap: no curriculum (a gap may be negative)
+
+
 class SupervisedDataset(torch.utils.data.Dataset):
     """Samples encoded on access: ``input_ids``, ``labels`` and ``pixel_values`` (or cached ``vision_features``).
 
@@ -75,8 +78,8 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.processor = processor
         self.max_length = max_length
         self.feature_cache = feature_cache
-        # the answer-gap curriculum's current gap (-1: the full template), shared with dataloader workers
-        self._answer_gap = multiprocessing.Value("i", -1, lock=False)
+        # the answer-gap curriculum's current gap (_FULL_TEMPLATE: none), shared with dataloader workers
+        self._answer_gap = multiprocessing.Value("i", _FULL_TEMPLATE, lock=False)
         for sample, root in items:  # fail early, before any training step
             for rel in sample.images:
                 resolve_image(root, rel, sample)
@@ -97,11 +100,11 @@ class SupervisedDataset(torch.utils.data.Dataset):
     def answer_gap(self) -> int | None:
         """Template tokens kept between an image that ends a user turn and the answer (``None``: all of them;
         see :meth:`tinygg.processor.TinyGGProcessor.encode_conversation`)."""
-        return None if self._answer_gap.value < 0 else self._answer_gap.value
+        return None if self._answer_gap.value == _FULL_TEMPLATE else self._answer_gap.value
 
     @answer_gap.setter
     def answer_gap(self, gap: int | None) -> None:
-        self._answer_gap.value = -1 if gap is None else gap
+        self._answer_gap.value = _FULL_TEMPLATE if gap is None else gap
 
     def image_path(self, i: int, rel: str) -> Path:
         sample, root = self.items[i]

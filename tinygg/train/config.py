@@ -82,10 +82,12 @@ class TrainConfig:
     max_length: int = 2048
     dataloader_workers: int = 0
     # answer-gap curriculum (docs/demo_recipe.md section 15): in samples whose user turn ends with <image>, the
-    # answer first follows the image directly, then one template token more comes back every `answer_gap_every`
-    # steps (the first at step `answer_gap_from`, default answer_gap_every) until the full template; 0 = off
+    # answer first follows the image after `answer_gap_start` template tokens (negative: with its own first tokens
+    # left out too, -2 turns "[0.123" into ".123"), then one token more comes back every `answer_gap_every` steps
+    # (the first at step `answer_gap_from`, default answer_gap_every) until the full template; 0 = off
     answer_gap_every: int = 0
     answer_gap_from: int = 0
+    answer_gap_start: int = 0
     # bookkeeping
     seed: int = 0
     logging_steps: int = 10
@@ -119,12 +121,13 @@ class TrainConfig:
         if not self.answer_gap_every:
             return None
         start = self.answer_gap_from or self.answer_gap_every
-        gap = 0 if step < start else 1 + (step - start) // self.answer_gap_every
+        gap = self.answer_gap_start + (0 if step < start else 1 + (step - start) // self.answer_gap_every)
         return None if gap >= full else gap
 
     def answer_gap_end(self, full: int) -> int:
         """The first step trained with the full template again."""
-        return (self.answer_gap_from or self.answer_gap_every) + (full - 1) * self.answer_gap_every
+        return (self.answer_gap_from or self.answer_gap_every) + (full - 1 - self.answer_gap_start) * \
+            self.answer_gap_every
 
     @property
     def uses_feature_cache(self) -> bool:

@@ -95,8 +95,9 @@ class AnswerGapCallback(TrainerCallback):
     def _set(self, step: int) -> None:
         gap = self.cfg.answer_gap_at(step, self.full)
         if gap != self.dataset.answer_gap:
-            logger.info("answer-gap curriculum: step %d, %s", step,
-                        "the full template" if gap is None else f"{gap} of {self.full} template tokens")
+            logger.info("answer-gap curriculum: step %d, %s", step, "the full template" if gap is None else
+                        f"{gap} of {self.full} template tokens" if gap >= 0 else
+                        f"no template token and the answer's first {-gap} token(s) left out")
         self.dataset.answer_gap = gap
 
     def on_train_begin(self, args, state, control, **kwargs):
