@@ -81,7 +81,7 @@ def test_question_first_plan_asks_every_question_before_the_image(tmp_path: Path
     from tinygg.build import build_model
     from tinygg.evaluate.rec import DEFAULT_PROMPT
 
-    default, qf = demo.from_scratch_plan(2.0), demo.from_scratch_plan(2.0, question_first=True)
+    default, qf = demo.from_scratch_plan(2.0, question_first=False), demo.from_scratch_plan(2.0, question_first=True)
     assert default.rec_prompt == DEFAULT_PROMPT and not any(c.question_first for c in default.corpora)
     assert qf.rec_prompt == DEFAULT_PROMPT + "\n<image>"
     assert all(c.question_first and c.turns == 1 for c in qf.corpora)
@@ -119,7 +119,8 @@ def test_rec_rows_split_by_relation(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["image-first", "question-first"])
+def test_quick_demo_end_to_end(layout: str, tmp_path: Path) -> None:
     from tinygg.build import build_model
 
     model, processor = build_model("tiny")
@@ -128,7 +129,7 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     processor.save_pretrained(ckpt)
     out = tmp_path / "demo"
     args = SimpleNamespace(out=str(out), quick=True, from_scratch=False, stage3=str(ckpt), dig=str(ckpt),
-                           threads=1, hours=1.0, ship=False)
+                           threads=1, hours=1.0, ship=False, layout=layout)
     assert demo._handler(args) == 0
     m = json.loads((out / "metrics.json").read_text())
     table = m["rec"]["table"]
@@ -150,6 +151,14 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
         single = [json.loads(x) for x in (out / "rec_single" / sub / "predictions.jsonl").read_text().splitlines()]
         assert single and {r["split"] for r in single} == {demo.SINGLE_OBJECT}
         assert table[label][demo.SINGLE_OBJECT] == pytest.approx(sum(r["hit"] for r in single) / len(single))
+    # the models are asked, and trained briefly, in the layout given
+    qf = demo.LAYOUTS[layout]
+    assert m["rec_prompt"] == demo.rec_prompt(qf)
+    for folder in ("rec/stage3", "rec_single/dig"):
+        asked = [json.loads(x)["prompt"] for x in (out / folder / "predictions.jsonl").read_text().splitlines()]
+        assert asked and all(p.endswith("\n<image>") == qf for p in asked)
+    trained = json.loads((out / "data" / "fresh" / "train.json").read_text())
+    assert all(r["conversations"][0]["value"].endswith("<image>") == qf for r in trained)
     # on one-object scenes the "random object" is the target itself
     assert table["random object"][demo.SINGLE_OBJECT] == 1.0
     report = (out / "report.md").read_text()
@@ -224,7 +233,7 @@ def test_shipped_checkpoint_evaluates_to_the_numbers_on_its_card(name: str, tmp_
     corpus = next(c for c in plan.corpora if c.name == plan.rec_tests[-1])
     folder = demo.make_corpus(corpus, tmp_path / "data", progress=False)
     specs = demo.split_rec_rows(folder / "test_rec.jsonl", tmp_path / "rows", plan.eval_limit)
-    m = demo.eval_rec(resolve_model_path(name), specs, tmp_path / "eval")
+    m = demo.eval_rec(resolve_model_path(name), specs, tmp_path / "eval", prompt=plan.rec_prompt)
     card = Registry.from_file(SHIPPED_REGISTRY).get(name).metrics["rec"]
     for split, v in m["splits"].items():
         assert v["acc"] == pytest.approx(card[split], abs=1e-9), split

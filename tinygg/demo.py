@@ -41,6 +41,10 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "scripts" / "configs" / "demo"
 SHIPPED = {"stage3": "tinygg-tiny-stage3", "dig": "tinygg-tiny-dig"}
+#: The layout the shipped checkpoints were trained in (question before ``<image>`` or after it): the default demo
+#: asks them, and ``--from-scratch`` trains, in this layout unless ``--layout`` says otherwise.
+SHIPPED_QUESTION_FIRST = False
+LAYOUTS = {"image-first": False, "question-first": True}
 SINGLE_OBJECT = "single object"  # the default demo's extra REC test: scenes of one object
 #: The default demo's fresh corpus: the four grounding tasks of the paper (its numbers in the README were measured
 #: on these; ``box2attr`` is a recipe experiment, docs/demo_recipe.md section 8).
@@ -105,7 +109,14 @@ class Plan:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def from_scratch_plan(hours: float, question_first: bool = False) -> Plan:
+def rec_prompt(question_first: bool) -> str:
+    """The REC question in a layout: ``<image>`` first (the default placement) or after the question."""
+    from dig.synth import with_image
+
+    return with_image(Plan.rec_prompt, question_first=True) if question_first else Plan.rec_prompt
+
+
+def from_scratch_plan(hours: float, question_first: bool = SHIPPED_QUESTION_FIRST) -> Plan:
     """The run that trains the shipped checkpoints (docs/demo_recipe.md says why each choice): single-object
     localisation first (the longest stage), then multi-object attribute REC, then everything with relations and
     the DiG question, each later stage replaying single-object data; the multi-object corpora ask up to four
@@ -114,8 +125,6 @@ def from_scratch_plan(hours: float, question_first: bool = False) -> Plan:
     ``question_first`` (docs/demo_recipe.md section 15): every corpus asks its question before ``<image>`` and is
     evaluated that way; the multi-object corpora then ask one question per image, since a conversation's later
     questions would come after the image."""
-    from dig.synth import with_image
-
     qf = question_first
     turns = 1 if qf else 4
     single, attr, full = ("synth_single_qf", "synth_attr_qf", "synth_full_qf") if qf else (
@@ -139,7 +148,7 @@ def from_scratch_plan(hours: float, question_first: bool = False) -> Plan:
         ],
         rec_tests=(single, attr, full),
         steps_scale=hours / NOMINAL_HOURS,
-        rec_prompt=with_image(Plan.rec_prompt, question_first=True) if qf else Plan.rec_prompt,
+        rec_prompt=rec_prompt(qf),
     )
 
 
@@ -528,7 +537,9 @@ SIZES = {"quick": DemoSize(scenes=16, dig_pairs=4, train_steps=2, grpo_steps=1, 
          "default": DemoSize(scenes=300, dig_pairs=60, train_steps=40, grpo_steps=8, rec_limit=200)}
 
 
-def default_demo(out: Path, stage3: str, dig_model: str, size: DemoSize, progress: bool = True) -> dict[str, Any]:
+def default_demo(out: Path, stage3: str, dig_model: str, size: DemoSize, progress: bool = True,
+                 question_first: bool = SHIPPED_QUESTION_FIRST) -> dict[str, Any]:
+    """Evaluate two checkpoints trained in the ``question_first`` layout and run every stage briefly (module doc)."""
     from tinygg.evaluate.sources import load_rec_data
     from tinygg.inference import resolve_model_path
 
@@ -539,22 +550,24 @@ def default_demo(out: Path, stage3: str, dig_model: str, size: DemoSize, progres
         raise SystemExit(f"tinygg demo: {e}\nThe default demo starts from the shipped tiny checkpoints; train them "
                          f"with `tinygg demo --from-scratch --ship` or pass --stage3 DIR --dig DIR.") from None
     data = out / "data"
-    corpus = make_corpus(Corpus("fresh", size.scenes, 2, 6, FRESH_TASKS, True, seed=1001, test_fraction=0.6), data,
-                         progress)
+    qf, prompt = question_first, rec_prompt(question_first)
+    corpus = make_corpus(Corpus("fresh", size.scenes, 2, 6, FRESH_TASKS, True, seed=1001, test_fraction=0.6,
+                                question_first=qf), data, progress)
     specs = split_rec_rows(corpus / "test_rec.jsonl", out / "rec_data", size.rec_limit)
     single = make_corpus(Corpus("fresh_single", size.scenes, 1, 1, ("text2box",), False, seed=1003,
-                                test_fraction=0.6), data, progress)
+                                test_fraction=0.6, question_first=qf), data, progress)
     single_specs = split_rec_rows(single / "test_rec.jsonl", out / "rec_data", size.rec_limit, split=SINGLE_OBJECT)
     test_pairs = make_pairs("dig_test", PairSet("mixed", size.dig_pairs, 1001), data, progress)
     train_pairs = make_pairs("dig_train", PairSet("single", max(2, size.dig_pairs // 2), 1002), data, progress)
     pairs_to_samples(train_pairs, data / "dig_sft.json")
 
-    metrics: dict[str, Any] = {"mode": "default", "models": {"stage3": str(stage3_dir), "dig": str(dig_dir)}}
+    metrics: dict[str, Any] = {"mode": "default", "models": {"stage3": str(stage3_dir), "dig": str(dig_dir)},
+                               "rec_prompt": prompt}
     # --- REC: the two shipped models and the two baselines
-    rec = {"stage3": eval_rec(stage3_dir, specs, out / "rec" / "stage3", vis=6),
-           "dig": eval_rec(dig_dir, specs, out / "rec" / "dig")}
-    rec_single = {"stage3": eval_rec(stage3_dir, single_specs, out / "rec_single" / "stage3", vis=4),
-                  "dig": eval_rec(dig_dir, single_specs, out / "rec_single" / "dig")}
+    rec = {"stage3": eval_rec(stage3_dir, specs, out / "rec" / "stage3", vis=6, prompt=prompt),
+           "dig": eval_rec(dig_dir, specs, out / "rec" / "dig", prompt=prompt)}
+    rec_single = {"stage3": eval_rec(stage3_dir, single_specs, out / "rec_single" / "stage3", vis=4, prompt=prompt),
+                  "dig": eval_rec(dig_dir, single_specs, out / "rec_single" / "dig", prompt=prompt)}
     samples, _ = load_rec_data(specs)
     single_samples, _ = load_rec_data(single_specs)
     info = json.loads((corpus / "synth_info.json").read_text())
@@ -677,9 +690,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hours", type=float, default=NOMINAL_HOURS, metavar="H",
                    help="--from-scratch: budget in hours; scales every stage's max_steps (the YAMLs' step counts "
                         "are sized for 2 h on 2 CPU cores)")
-    p.add_argument("--question-first", action="store_true",
-                   help="--from-scratch: every corpus asks its question before <image>, and REC is asked that way "
-                        "(docs/demo_recipe.md section 15)")
+    shipped_layout = next(k for k, v in LAYOUTS.items() if v == SHIPPED_QUESTION_FIRST)
+    p.add_argument("--layout", choices=list(LAYOUTS), default=shipped_layout,
+                   help="where <image> goes in every question: first, or after the question (the image tokens then "
+                        "see it; docs/demo_recipe.md sections 14-15). --from-scratch trains in it; the default demo "
+                        "asks the models in it and trains them briefly in it. The default is the shipped "
+                        "checkpoints' layout")
     p.add_argument("--ship", action="store_true",
                    help="--from-scratch: copy the results (fp16) into model_zoo/checkpoints and register them")
     p.add_argument("--stage3", default=SHIPPED["stage3"], metavar="MODEL", help="stage-3 checkpoint (dir or zoo name)")
@@ -693,12 +709,16 @@ def _handler(args: argparse.Namespace) -> int:
     out = Path(args.out or ("runs/demo-from-scratch" if args.from_scratch else "runs/demo"))
     out.mkdir(parents=True, exist_ok=True)
     if args.from_scratch:
-        plan = from_scratch_plan(args.hours, args.question_first)
+        if args.ship and LAYOUTS[args.layout] != SHIPPED_QUESTION_FIRST:
+            raise SystemExit(f"tinygg demo: --ship with --layout {args.layout}: the default demo asks the shipped "
+                             "checkpoints in their layout, tinygg.demo.SHIPPED_QUESTION_FIRST; set it first")
+        plan = from_scratch_plan(args.hours, LAYOUTS[args.layout])
         s = from_scratch(out, plan, ship_to=shipped_location() if args.ship else None)
         print((out / "report.md").read_text())
         print(f"metrics -> {out / 'metrics.json'}")
         return 0 if s else 1
-    default_demo(out, args.stage3, args.dig, SIZES["quick" if args.quick else "default"])
+    default_demo(out, args.stage3, args.dig, SIZES["quick" if args.quick else "default"],
+                 question_first=LAYOUTS[args.layout])
     print((out / "report.md").read_text())
     print(f"report -> {out / 'report.md'}")
     return 0
