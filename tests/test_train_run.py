@@ -219,3 +219,5 @@ def test_answer_gap_curriculum_trains_resumes_and_ends_with_the_full_template(re
     assert [b[s] for s in range(5, 9)] == pytest.approx([a[s] for s in range(5, 9)], rel=1e-3)
     with pytest.raises(ValueError, match="comes back at step 6, after max_steps 5"):
         run(_cfg(qf, tmp_path / "short", "max_steps=5", "answer_gap_every=1"))
+    with pytest.raises(ValueError, match="answer_gap_start 6: the template has only 6 tokens"):
+        run(_cfg(qf, tmp_path / "late", "max_steps=50", "answer_gap_every=1", "answer_gap_start=6"))

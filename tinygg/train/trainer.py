@@ -202,6 +202,9 @@ def run(cfg: TrainConfig) -> Path:
     callbacks: list[TrainerCallback] = [LossCurveCallback(out)]
     if cfg.answer_gap_every:
         full = len(processor.answer_separator())
+        if cfg.answer_gap_start >= full:
+            raise ValueError(f"answer_gap_start {cfg.answer_gap_start}: the template has only {full} tokens between "
+                             "the image and the answer, so there is nothing to bring back")
         if cfg.answer_gap_end(full) > cfg.max_steps:
             raise ValueError(f"answer-gap curriculum: the full template ({full} tokens) comes back at step "
                              f"{cfg.answer_gap_end(full)}, after max_steps {cfg.max_steps}; lower answer_gap_every "
