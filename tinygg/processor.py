@@ -224,6 +224,8 @@ class TinyGGProcessor(ProcessorMixin):
             sys_ids = tok(f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n")
             ids += sys_ids
             labels += [IGNORE_INDEX] * len(sys_ids)
+        end, nl = tok("<|im_end|>"), tok("\n")
+        kept = [] if answer_gap is None else self.answer_separator()[:max(answer_gap, 0)]  # once, not per turn
         n_assistant = 0
         shortened = False  # the previous user turn ended at its image and was joined to this answer
         for i, t in enumerate(turns):
@@ -234,10 +236,9 @@ class TinyGGProcessor(ProcessorMixin):
             if shortened and answer_gap < 0:
                 body = body[-answer_gap:]
             kinds += k
-            end, nl = tok("<|im_end|>"), tok("\n")
             shortened = (answer_gap is not None and role == "user" and content.rstrip().endswith(IMAGE_TOKEN)
                          and i + 1 < len(turns) and _role(turns[i + 1]) == "assistant")
-            tail = self.answer_separator()[:max(answer_gap, 0)] if shortened else end + nl
+            tail = kept if shortened else end + nl
             ids += head + body + tail
             if role == "assistant":
                 n_assistant += 1

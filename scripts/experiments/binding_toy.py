@@ -19,6 +19,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tinygg.configuration import TINY
+from tinygg.train.config import gap_schedule
 from tinygg.vision import sincos_2d
 
 COLOURS, COLOUR_IDS, DIGIT_IDS, SEP, VOCAB = 8, 20, 40, 50, 64
@@ -145,8 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         if not a.gap_every:
             return a.gap
         first = 1 if a.question_first else 0  # the shortest layout
-        start = a.gap_from or a.gap_every
-        return first if step < start else min(a.gap, first + 1 + (step - start) // a.gap_every)
+        return min(a.gap, gap_schedule(step, first, a.gap_from or a.gap_every, a.gap_every))
 
     def batch(n: int, one: bool = False, paired: bool = False, gap: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Image features and ``SEP colour SEP*gap row col`` (``gap`` only changes the token layout)."""

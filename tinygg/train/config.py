@@ -120,8 +120,8 @@ class TrainConfig:
         curriculum); ``full`` is the separator's length."""
         if not self.answer_gap_every:
             return None
-        start = self.answer_gap_from or self.answer_gap_every
-        gap = self.answer_gap_start + (0 if step < start else 1 + (step - start) // self.answer_gap_every)
+        gap = gap_schedule(step, self.answer_gap_start, self.answer_gap_from or self.answer_gap_every,
+                           self.answer_gap_every)
         return None if gap >= full else gap
 
     def answer_gap_end(self, full: int) -> int:
@@ -140,6 +140,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def gap_schedule(step: int, first: int, start: int, every: int) -> int:
+    """A gap curriculum (the answer-gap one here, the binding toy's in scripts/experiments): ``first`` until step
+    ``start``, then one more at ``start`` and one more every ``every`` steps after it (uncapped)."""
+    return first if step < start else first + 1 + (step - start) // every
 
 
 def _coerce(text: str) -> Any:
