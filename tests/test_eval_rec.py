@@ -101,6 +101,16 @@ def test_cli_resumes_an_interrupted_run(tiny_checkpoint, rec_jsonl, tmp_path, ca
     assert "other settings" in capsys.readouterr().err
 
 
+def test_cli_prompt_reads_backslash_n_as_a_newline(tiny_checkpoint, rec_jsonl, tmp_path):
+    # typed in a shell, 'of <exp>\n<image>' arrives as backslash + n: it asks the question before the image
+    out = tmp_path / "qf"
+    assert main(["eval", "rec", "--model", str(tiny_checkpoint), "--data", f"jsonl:{rec_jsonl}:synth_test",
+                 "--out", str(out), "--limit", "1", "--max-new-tokens", "2",
+                 "--prompt", r"Output the coordinate of <exp>\n<image>"]) == 0
+    row = _lines(out / "predictions.jsonl")[0]
+    assert row["prompt"] == f"Output the coordinate of {EXPRESSIONS[0]}\n<image>"
+
+
 def test_cli_scores_existing_predictions(rec_jsonl, tmp_path, capsys):
     samples = {s.id: s for s in read_jsonl(rec_jsonl)[0]}  # (sizes and GT boxes of the samples)
 

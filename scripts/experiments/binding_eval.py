@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from tinygg.boxes import box_iou, parse_boxes, square_to_pixel
+from tinygg.evaluate.cli import prompt_template
 from tinygg.evaluate.rec import DEFAULT_PROMPT, make_prompt
 
 
@@ -120,14 +121,13 @@ def main() -> None:
     ap.add_argument("--lists", action="store_true", help="also ask the split's list2box samples")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--json", type=Path, help="write the counts here as JSON")
-    ap.add_argument("--prompt", default=DEFAULT_PROMPT,
+    ap.add_argument("--prompt", default=DEFAULT_PROMPT, type=prompt_template,
                     help="REC prompt with <exp>; the image goes first unless it holds <image> (e.g. "
                          "'Output the coordinate of <exp>\\n<image>' for a model trained question-first)")
     ap.add_argument("--answer-gap", type=int, default=None, metavar="G",
                     help="ask as the answer-gap curriculum trains at gap G (a checkpoint saved mid-curriculum; "
                          "the prompt must end with <image>)")
     args = ap.parse_args()
-    args.prompt = args.prompt.replace("\\n", "\n")
     if args.answer_gap is not None and not args.prompt.endswith("<image>"):
         ap.error("--answer-gap needs a question-first --prompt ending with <image>")
 

@@ -23,6 +23,12 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
     pass
 
 
+def prompt_template(text: str) -> str:
+    """A ``--prompt`` as typed in a shell: ``\\n`` (backslash, n) stands for a newline, as in the shipped
+    prompts' ``<image>\\n...`` and the question-first ``...<exp>\\n<image>``."""
+    return text.replace("\\n", "\n")
+
+
 REC_EPILOG = """\
 data specs (--data, repeatable):
   refer:ROOT[:DATASETS]   refer API files: ROOT/refcoco/{refs(unc).p,instances.json}, ROOT/refcoco+/...,
@@ -157,8 +163,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="only the first N samples of each split (a quick look)")
     p.add_argument("--vis", type=int, default=0, metavar="K",
                    help="draw K overlays (GT green, prediction red)")
-    p.add_argument("--prompt", default=REC_PROMPT, metavar="TEMPLATE",
-                   help="prompt template; <exp> is replaced by the expression")
+    p.add_argument("--prompt", default=REC_PROMPT, metavar="TEMPLATE", type=prompt_template,
+                   help="prompt template; <exp> is replaced by the expression, \\n is a newline, and <image> "
+                        "places the image (first when absent)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer length limit (a box is ~30 tokens)")
     p.add_argument("--box-format", default="square", choices=["square", "image", "pixel", "grid1000"],
                    help="with --predictions: how the other system writes boxes: square = normalised to the "
@@ -185,8 +192,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (resumes a run found there)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call")
     p.add_argument("--limit", type=int, help="only the first N questions of each subset")
-    p.add_argument("--prompt", default=POPE_PROMPT, metavar="TEMPLATE",
-                   help="prompt template; <question> is replaced by the question")
+    p.add_argument("--prompt", default=POPE_PROMPT, metavar="TEMPLATE", type=prompt_template,
+                   help="prompt template; <question> is replaced by the question, \\n is a newline")
     p.add_argument("--max-new-tokens", type=int, default=8,
                    help="answer length limit (yes/no needs one or two)")
     p.add_argument("--model-name", help="row label in the printed table (the model folder name by default)")
