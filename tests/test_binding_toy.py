@@ -43,7 +43,7 @@ def test_the_gap_curriculum_reports_the_current_and_the_final_gap(capsys):
     """One SEP more every step: at step 2 of a schedule to 3 SEPs the gap is 2, and the final layout is scored too."""
     out = _output(capsys, SCRIPT, "--grid", "2", "--steps", "2", "--batch", "2", "--gap", "3", "--gap-every", "1")
     assert re.search(r"^step 2 loss [\d.]+ two objects [\d.]+ one object [\d.]+ \(gap 2\) at gap 3: two [\d.]+ ",
-                     out, re.M), out
+                     out, re.MULTILINE), out
 
 
 def test_every_variant_of_the_attention_toy_runs(capsys):
@@ -110,3 +110,29 @@ def test_binding_eval_asks_as_the_answer_gap_curriculum_trains(gap):
                                             with_pixels=False, answer_gap=gap)["input_ids"]
     assert trained[:len(ids)] == ids
     assert (prefix + processor.tokenizer.decode(trained[len(ids):])).startswith("[0.123,0.2,0.3,0.4]")
+
+
+def test_the_dig_toy_changes_exactly_one_cell_of_the_named_kind(capsys):
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        from dig_toy import COLOURS, KINDS, sample_pairs
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+    import torch
+
+    a, b, cell, kind = sample_pairs(300, 4, (2, 5), KINDS, torch.Generator().manual_seed(0))
+    differ = a != b
+    assert differ.sum(1).eq(1).all()  # one changed cell per pair, and it is the answer
+    assert differ.float().argmax(1).equal(cell)
+    rows = torch.arange(300)
+    before, after = a[rows, cell], b[rows, cell]
+    named = {n: kind == i for i, n in enumerate(KINDS)}
+    assert (before[named["add"]] == COLOURS).all() and (after[named["add"]] < COLOURS).all()
+    assert (before[named["delete"]] < COLOURS).all() and (after[named["delete"]] == COLOURS).all()
+    assert (before[named["color"]] < COLOURS).all() and (after[named["color"]] < COLOURS).all()
+    counts = (a < COLOURS).sum(1)
+    assert counts.min() == 2 and counts.max() == 5 and all(named[n].any() for n in KINDS)
+    for flags in ([], ["--one-image", "--kinds", "add", "--embed-std", "0.2", "--layers", "1"]):
+        out = _output(capsys, EXPERIMENTS / "dig_toy.py", "--grid", "2", "--objects", "1", "2", "--steps", "2",
+                      "--batch", "2", *flags)
+        assert re.fullmatch(r"step 2 loss [\d.]+ accuracy [\d.]+ \((\w+ [\d.]+ ?)+\) \d+s\n", out), out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -49,6 +50,27 @@ def sample_scenes(n: int, g: int, pos: torch.Tensor, one: bool = False, paired: 
         feat, cells, cols = feat[keep], cells[keep], cols[keep]
         which = torch.arange(n) % 2
     return feat, cols[torch.arange(n), which], cells[torch.arange(n), which]
+
+
+def image_projector(dim: int) -> torch.nn.Module:
+    """The toys' two-layer projector of an image token (colour one-hot or background, 64 position channels)."""
+    return torch.nn.Sequential(torch.nn.Linear(COLOURS + 1 + 64, dim), torch.nn.GELU(), torch.nn.Linear(dim, dim))
+
+
+def trainer(params: list[torch.nn.Parameter], lr: float, steps: int, wd: float = 0.0,
+            constant: bool = False) -> Callable[[torch.Tensor], None]:
+    """AdamW, 60 warm-up steps, then a cosine decay over ``steps`` (or ``constant``): one update per loss given."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1, s / 60) * (1.0 if constant else 0.5 * (1 + math.cos(math.pi * s / steps))))
+
+    def update(loss: torch.Tensor) -> None:
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+
+    return update
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,10 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         for layer in lm.model.layers:
             layer.self_attn.q_proj.weight.mul_(a.qk_init)
             layer.self_attn.k_proj.weight.mul_(a.qk_init)
-    proj = torch.nn.Sequential(torch.nn.Linear(COLOURS + 1 + 64, dim), torch.nn.GELU(), torch.nn.Linear(dim, dim))
-    opt = torch.optim.AdamW(list(lm.parameters()) + list(proj.parameters()), lr=a.lr, weight_decay=a.wd)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1, s / 60) * (1.0 if a.constant_lr else 0.5 * (1 + math.cos(math.pi * s / a.steps))))
+    proj = image_projector(dim)
+    update = trainer(list(lm.parameters()) + list(proj.parameters()), a.lr, a.steps, a.wd, a.constant_lr)
     embed = lm.get_input_embeddings()
 
     draw_gap = torch.Generator().manual_seed(a.seed + 1)  # its own stream: the scenes stay those of the other runs
@@ -206,10 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         if a.text_weight and (a.text_steps is None or step <= a.text_steps):
             tp, tg = text_forward(text_batch(a.text_batch or a.batch))
             loss = loss + a.text_weight * torch.nn.functional.cross_entropy(tp.reshape(-1, VOCAB), tg.reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        update(loss)
         if step % 250 == 0 or step == a.steps:
             with torch.no_grad():
                 gap = gap_at(step)
