@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tinygg.cli import main
+from tinygg.cli import build_parser, main
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,13 @@ def test_build_tiny_then_predict_draws_boxes(tmp_path, photo, capsys):
     drawn = Image.open(out_png)
     assert drawn.size == photo.size
     assert list(drawn.getdata()) != list(photo.getdata())  # at least the <object> box is drawn
+
+
+def test_predict_prompt_reads_backslash_n_as_a_newline():
+    # as every --prompt of the CLI (eval rec / pope too): typed in a shell, \n arrives as backslash + n
+    args = build_parser().parse_args(["predict", "--model", "m", "--image", "i",
+                                      "--prompt", r"Output the coordinate of the cube.\n<image>"])
+    assert args.prompt == "Output the coordinate of the cube.\n<image>"
 
 
 def test_predict_errors_are_clear(tmp_path, tiny_checkpoint, capsys):

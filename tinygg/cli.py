@@ -37,6 +37,12 @@ def _parse_box(text: str) -> list[float]:
     return vals
 
 
+def prompt_template(text: str) -> str:
+    """Every ``--prompt`` as typed in a shell: ``\\n`` (backslash, n) stands for a newline, as in the shipped
+    prompts' ``<image>\\n...`` and the question-first ``...<exp>\\n<image>``."""
+    return text.replace("\\n", "\n")
+
+
 # --------------------------------------------------------------------------------------------- build
 def cmd_build(args: argparse.Namespace) -> int:
     import torch
@@ -138,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Answer a prompt about an image; every box in the answer is drawn with --out.")
     p.add_argument("--model", required=True, help="checkpoint directory or model-zoo name")
     p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--prompt", required=True, help='e.g. "Output the coordinate of the red cube."')
+    p.add_argument("--prompt", required=True, type=prompt_template,
+                   help='e.g. "Output the coordinate of the red cube."; \\n is a newline, and <image> places the '
+                        'image (first when absent)')
     p.add_argument("--object", type=_parse_box, action="append", metavar="X1,Y1,X2,Y2",
                    help="object box in pixels, cropped as an <object> input (repeatable, in prompt order)")
     p.add_argument("--out", help="PNG with the parsed boxes drawn on the image")

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from tinygg.boxes import box_iou, parse_boxes, square_to_pixel
-from tinygg.evaluate.cli import prompt_template
+from tinygg.cli import prompt_template
 from tinygg.evaluate.rec import DEFAULT_PROMPT, make_prompt
 
 

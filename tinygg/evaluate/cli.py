@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from ..cli import prompt_template
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -21,12 +23,6 @@ T = TypeVar("T")
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     pass
-
-
-def prompt_template(text: str) -> str:
-    """A ``--prompt`` as typed in a shell: ``\\n`` (backslash, n) stands for a newline, as in the shipped
-    prompts' ``<image>\\n...`` and the question-first ``...<exp>\\n<image>``."""
-    return text.replace("\\n", "\n")
 
 
 REC_EPILOG = """\
