@@ -79,6 +79,9 @@ def register_dig(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
                    help=f"objects in either scene, at most (default: {P.MAX_OBJECTS})")
     _add_zoom(p)
     p.add_argument("--save-masks", action="store_true", help="also write instance masks to masks/")
+    p.add_argument("--sft", action="store_true",
+                   help="also write sft.json beside pairs.jsonl: the DiG question answered with the true boxes, "
+                        "training data of `tinygg train` for a supervised warm start before GRPO")
     p.add_argument("--seed", type=int, default=0, metavar="SEED", help="random seed; the data depend only on it (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run_generate)
@@ -86,7 +89,7 @@ def register_dig(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPar
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from dig.pairs import CURRICULUM_PAIRS, PairConfig, generate_pairs
+    from dig.pairs import CURRICULUM_PAIRS, PairConfig, generate_pairs, pairs_to_samples
 
     n = args.n if args.n is not None else (CURRICULUM_PAIRS if args.difficulty == "curriculum" else 100)
     cfg = PairConfig(out=args.out, n=n, difficulty=args.difficulty, renderer=args.renderer, workers=args.workers,
@@ -96,6 +99,8 @@ def _run_generate(args: argparse.Namespace) -> int:
                      min_objects=args.min_objects, max_objects=args.max_objects, zoom=args.zoom)
     for path in generate_pairs(cfg, progress=not args.no_progress):
         print(path)
+        if args.sft:
+            print(pairs_to_samples(path, path.parent / "sft.json"))
     return 0
 
 

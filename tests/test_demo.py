@@ -13,6 +13,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+from dig.pairs import pairs_to_samples
 from tinygg import demo
 from tinygg.boxes import box_iou, parse_boxes, square_to_pixel
 
@@ -34,7 +35,7 @@ def test_baseline_accuracy_per_split_and_all() -> None:
 
 def test_pairs_become_supervised_dig_answers(tmp_path: Path) -> None:
     pairs = demo.make_pairs("p", demo.PairSet("dual", 3, seed=5), out=tmp_path, progress=False)
-    samples = demo.pairs_to_samples(pairs, tmp_path / "sft.json")
+    samples = pairs_to_samples(pairs, tmp_path / "sft.json")
     rows = json.loads(samples.read_text())
     records = [json.loads(x) for x in pairs.read_text().splitlines()]
     assert len(rows) == len(records) == 3
@@ -138,7 +139,7 @@ def test_quick_demo_end_to_end(layout: str, tmp_path: Path) -> None:
         assert all(v is None or 0.0 <= v <= 1.0 for v in row.values())
     # the DiG numbers are the scorer's, and a random model writes no valid box list
     assert m["dig"]["before"]["n"] == demo.SIZES["quick"].dig_pairs
-    assert set(m["brief_training"]) == {"stage1", "stage2", "stage3", "dig reward"}
+    assert set(m["brief_training"]) == {"stage1", "stage2", "stage3", "dig_sft", "dig reward"}
     assert m["brief_training"]["stage1"]["steps"] == demo.SIZES["quick"].train_steps
     # the table's model rows reproduce from the per-sample predictions; `all` counts the multi-object rows only
     for label, sub in (("TinyGG tiny (stage3)", "stage3"), ("TinyGG tiny (dig)", "dig")):
@@ -181,8 +182,14 @@ def test_from_scratch_miniature_runs_every_stage_resumes_and_ships(tmp_path: Pat
         assert (out / name / "final" / "model.safetensors").exists()
         assert set(s["stages"][name]["rec"]) == set(plan.rec_tests)
     assert s["dig"]["before"]["n"] == 3 == s["dig"]["after"]["n"]
+    assert list(s["dig"]["by_step"]) == ["stage3", *[ph.name for ph in plan.dig_warmup], "dig"]
     sft = json.loads((out / "data" / "dig_sft.json").read_text())
     assert len(sft) == 6  # single + dual pairs, 3 each
+    for phase in plan.dig_warmup:  # the DiG stage's supervised phases, each on its own pair sets
+        assert (out / phase.name / "final" / "model.safetensors").exists()
+        pair_files = [p for p, _ in phase.data if p.endswith("_sft.json")]
+        assert pair_files and all(len(json.loads((out / "data" / p).read_text())) == 3 for p in pair_files)
+    assert "dig_sft (supervised)" in (out / "report.md").read_text()
     # shipped: half precision, registered with the report
     from safetensors import safe_open
 
@@ -195,6 +202,34 @@ def test_from_scratch_miniature_runs_every_stage_resumes_and_ships(tmp_path: Pat
     before = {p: p.stat().st_mtime for p in out.glob("stage*/final/model.safetensors")}
     demo.from_scratch(out, plan, progress=False)
     assert {p: p.stat().st_mtime for p in out.glob("stage*/final/model.safetensors")} == before
+
+
+@pytest.mark.slow
+def test_dig_stage_alone_from_a_stage3_checkpoint_ships_only_the_dig_result(tmp_path: Path) -> None:
+    """--dig-from: no stage 1-3 training; the given checkpoint is the stage-3 row, the DiG stage (warm start,
+    GRPO) starts from it, and only the DiG checkpoint is shipped and registered."""
+    from tinygg.build import build_model
+
+    full = demo.from_scratch_plan(2.0)
+    plan = replace(full, corpora=[replace(c, n=6, test_fraction=0.4) for c in full.corpora],
+                   pair_sets={k: replace(ps, n=2) for k, ps in full.pair_sets.items()},
+                   steps_scale=1 / 3000, eval_limit=3)
+    model, processor = build_model("tiny")
+    ckpt = tmp_path / "stage3"
+    model.save_pretrained(ckpt)
+    processor.save_pretrained(ckpt)
+    out, ship_root, registry = tmp_path / "run", tmp_path / "shipped", tmp_path / "registry.yaml"
+    registry.write_text("version: 1\nmodels: []\n")
+    s = demo.from_scratch(out, plan, ship_to=(ship_root, registry), progress=False, stage3_from=ckpt)
+    assert list(s["stages"]) == ["stage3", "dig"] and s["stages"]["stage3"]["checkpoint"] == str(ckpt)
+    assert not any((out / st.name).exists() for st in plan.stages)
+    init = (out / plan.dig_warmup[0].name / "train_config.yaml").read_text()
+    assert f"init: {ckpt}" in init
+    assert [p.name for p in ship_root.iterdir()] == [demo.SHIPPED["dig"]]
+    from model_zoo.registry import Registry
+
+    assert [e.name for e in Registry.from_file(registry).entries()] == [demo.SHIPPED["dig"]]
+    assert f"starts from `{ckpt}`" in (out / "report.md").read_text()
 
 
 def test_wall_clock_sums_sessions_and_survives_a_kill(tmp_path: Path) -> None:

@@ -143,6 +143,25 @@ def test_read_pairs_names_the_bad_line(tmp_path: Path) -> None:
         read_pairs(tmp_path)
 
 
+def test_cli_generate_sft_writes_warm_start_samples_per_set(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--sft: every set gets sft.json, one DiG question per pair answered with as many boxes as it has differences,
+    its two images found from the sft file's folder."""
+    from tinygg.boxes import parse_boxes
+
+    parser = argparse.ArgumentParser(prog="tinygg dig")
+    register_dig(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["generate", "--out", str(tmp_path), "--n", "2", "--difficulty", "curriculum",
+                              "--size", "96x72", "--sft", "--no-progress"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out.split()
+    for name in ("single", "dual", "mixed"):
+        sft = tmp_path / name / "sft.json"
+        assert str(sft) in printed
+        rows, records = json.loads(sft.read_text()), read_pairs(tmp_path / name)
+        assert [len(parse_boxes(r["conversations"][1]["value"])) for r in rows] == [len(r["boxes"]) for r in records]
+        assert all((sft.parent / img).is_file() for r in rows for img in r["images"])
+
+
 def test_cli_generate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     parser = argparse.ArgumentParser(prog="tinygg dig")
     register_dig(parser.add_subparsers(dest="command"))

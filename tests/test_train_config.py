@@ -12,8 +12,10 @@ SFT = CONFIG_DIR / "stage2.yaml"
 
 
 def _is_dig(path: Path) -> bool:
-    """DiG GRPO configs (a curriculum) are named dig*.yaml or live in a dig/ folder."""
-    return path.name.startswith("dig") or path.parent.name == "dig"
+    """DiG GRPO configs (a curriculum) are named dig*.yaml or live in a dig/ folder; a supervised config there
+    (the DiG stage's warm start, dig_sft.yaml) names its trainer ``stage``."""
+    named = path.name.startswith("dig") or path.parent.name == "dig"
+    return named and not any(line.startswith("stage:") for line in path.read_text().splitlines())
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))

@@ -5,7 +5,9 @@ Two modes:
 * ``tinygg demo --from-scratch [--out DIR] [--hours H]`` trains the tiny preset from random init through the
   real pipeline: synthetic corpora and DiG pairs, stage 1 (single-object scenes: object image -> box and
   text -> box), stage 2 (multi-object REC with attributes), stage 3 (all grounding tasks with relations, plus
-  the DiG question answered by supervision on single/dual pairs), then the DiG GRPO stage on mixed pairs.
+  the DiG question answered by supervision on single/dual pairs), then the DiG stage: a supervised warm start
+  on single-difference pairs of 1-3 objects with some REC replayed (``Plan.dig_warmup``), then GRPO on mixed
+  pairs. ``--dig-from MODEL`` runs only the DiG stage, from a given stage-3 checkpoint.
   Every stage is a YAML of ``scripts/configs/demo/`` run by :func:`tinygg.train.run` (GRPO by
   :func:`dig.grpo.run_stage`), evaluated with :func:`tinygg.evaluate.rec.evaluate_rec` and
   :func:`dig.evaluate.score_predictions` after it. A restart skips finished stages (their ``final/``) and
@@ -91,6 +93,7 @@ class SftStage:
     name: str
     config: str  # file name in scripts/configs/demo
     data: tuple[tuple[str, float], ...]  # (training file relative to the run's data dir, mixing ratio)
+    overrides: tuple[str, ...] = ()  # key=value settings over the YAML's (e.g. max_steps)
 
 
 @dataclass
@@ -99,6 +102,8 @@ class Plan:
     pair_sets: dict[str, PairSet]
     sft_pairs: tuple[str, ...]  # pair sets turned into supervised DiG answers for stage 3
     stages: list[SftStage]
+    # the DiG stage: supervised phases on pair sets (data "<pair set>_sft.json"), then GRPO (dig_config)
+    dig_warmup: tuple[SftStage, ...] = ()
     dig_config: str = "dig.yaml"
     dig_pairs: str = "dig_mixed"
     rec_tests: tuple[str, ...] = ("synth_single", "synth_full")
@@ -138,7 +143,10 @@ def from_scratch_plan(hours: float, question_first: bool = SHIPPED_QUESTION_FIRS
                    turns=turns, question_first=qf),
         ],
         pair_sets={"dig_single": PairSet("single", 1000, 1), "dig_dual": PairSet("dual", 1000, 2),
-                   "dig_mixed": PairSet("mixed", 800, 3), "dig_test": PairSet("mixed", 200, 4)},
+                   "dig_mixed": PairSet("mixed", 800, 3), "dig_test": PairSet("mixed", 200, 4),
+                   # the DiG stage's supervised warm start: one difference among 1-3 objects, where the comparison
+                   # forms fastest (docs/demo_recipe.md sections 16-17)
+                   "dig_few": PairSet("single", 8000, 5, objects=(1, 3))},
         sft_pairs=("dig_single", "dig_dual"),
         stages=[
             SftStage("stage1", "stage1.yaml", ((f"{single}/train.json", 1.0),)),
@@ -146,6 +154,9 @@ def from_scratch_plan(hours: float, question_first: bool = SHIPPED_QUESTION_FIRS
             SftStage("stage3", "stage3.yaml", ((f"{full}/train.json", 1.0), (f"{attr}/train.json", 0.5),
                                                (f"{single}/train.json", 0.3), ("dig_sft.json", 1.0))),
         ],
+        # replaying some REC keeps stage 3's grounding (without it single-object REC fell from 88% to 55%)
+        dig_warmup=(SftStage("dig_sft", "dig_sft.yaml", (("dig_few_sft.json", 1.0), (f"{single}/train.json", 0.15),
+                                                         (f"{full}/train.json", 0.1))),),
         rec_tests=(single, attr, full),
         steps_scale=hours / NOMINAL_HOURS,
         rec_prompt=rec_prompt(qf),
@@ -179,27 +190,6 @@ def make_pairs(name: str, ps: PairSet, out: Path, progress: bool = True) -> Path
     generate_pairs(PairConfig(out=folder, n=ps.n, difficulty=ps.difficulty, renderer="flat", seed=ps.seed,
                               zoom=ps.zoom, min_objects=ps.objects[0], max_objects=ps.objects[1]), progress=progress)
     return folder / PAIRS_FILE
-
-
-def pairs_to_samples(pairs_file: Path, out_file: Path) -> Path:
-    """Supervised samples asking the DiG question about each pair, answered with its true boxes.
-
-    Paths are written relative to ``out_file``'s folder (the image root of the samples)."""
-    from dig.pairs import read_pairs
-    from dig.prompt import instruction
-    from tinygg.boxes import format_boxes, pixel_to_square
-
-    root = out_file.parent.resolve()
-    samples = []
-    for r in read_pairs(pairs_file):
-        w, h = int(r["width"]), int(r["height"])
-        boxes = [pixel_to_square(b, w, h) for b in r["boxes"]]
-        samples.append({"id": f"dig_{r['id']}",
-                        "images": [str(Path(r[k]).resolve().relative_to(root)) for k in ("image_a", "image_b")],
-                        "conversations": [{"from": "human", "value": "<image>\n<image>\n" + instruction("norm")},
-                                          {"from": "gpt", "value": format_boxes(boxes)}]})
-    out_file.write_text(json.dumps(samples))
-    return out_file
 
 
 def split_rec_rows(test_rec: Path, out_dir: Path, limit: int | None = None, split: str | None = None) -> list[str]:
@@ -404,10 +394,15 @@ def eval_dig(model_dir: Path, pairs_file: Path, out_dir: Path, vis: int = 0) -> 
 
 
 # ------------------------------------------------------------------------------------------------ from scratch
-def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None, progress: bool = True,
+                 stage3_from: Path | None = None) -> dict[str, Any]:
     """The long run; resumable. Returns the summary written to ``out/metrics.json``. ``ship_to`` =
-    (checkpoint folder, registry file) receives the half-precision results (see :func:`ship_checkpoints`)."""
+    (checkpoint folder, registry file) receives the half-precision results (see :func:`ship_checkpoints`).
+
+    ``stage3_from``: stages 1-3 are not trained; the DiG stage starts from this checkpoint (evaluated as the
+    stage-3 row), and only the DiG result is shipped."""
+    from dig.pairs import pairs_to_samples, write_json_atomic
+
     hours = plan.steps_scale * NOMINAL_HOURS
     data = out / "data"
     total = WallClock(out / "wall_time_total.json").__enter__()  # data, training and evaluation, all sessions
@@ -418,47 +413,65 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
 
     summary: dict[str, Any] = {"mode": "from-scratch", "hours_budget": hours, "rec_prompt": plan.rec_prompt,
                                "stages": {}}
-    init = "preset:tiny"
     pair_files: dict[str, Path] = {}
-    for stage in plan.stages:
-        if any(p == "dig_sft.json" for p, _ in stage.data) and not pair_files:  # pairs only when first needed
-            pair_files = {k: make_pairs(k, ps, data, progress) for k, ps in plan.pair_sets.items()}
-            sft = data / "dig_sft.json"
-            if not sft.exists():
+
+    def need_pairs(stage: SftStage) -> None:  # pair sets and their supervised samples, made when first needed
+        wanted = [p for p, _ in stage.data if p == "dig_sft.json" or p.removesuffix("_sft.json") in plan.pair_sets]
+        if not wanted:
+            return
+        if not pair_files:
+            pair_files.update({k: make_pairs(k, ps, data, progress) for k, ps in plan.pair_sets.items()})
+        for p in wanted:
+            if (data / p).exists():
+                continue
+            if p == "dig_sft.json":  # stage 3's DiG answers: the plan's sft_pairs, shuffled together
                 merged = []
                 for name in plan.sft_pairs:
                     merged += json.loads(pairs_to_samples(pair_files[name], data / f"{name}_sft.json").read_text())
                 random.Random(0).shuffle(merged)
-                tmp = sft.with_name(sft.name + ".tmp")
-                tmp.write_text(json.dumps(merged))
-                tmp.replace(sft)
-        final = run_sft_stage(stage, init, data, out / stage.name, plan.steps_scale)
-        entry = {"checkpoint": str(final), "rec": {}}
-        for t, sp in specs.items():
-            m = eval_rec(final, sp, out / "eval" / stage.name / f"rec_{t}", vis=8, prompt=plan.rec_prompt)
-            entry["rec"][t] = rec_row_accuracies(m)
-        summary["stages"][stage.name] = entry
-        init = str(final)
-    stage3 = Path(init)
-    before = eval_dig(stage3, pair_files[plan.dig_test], out / "eval" / "stage3" / "dig", vis=8)
-    dig_final = run_dig_stage(str(stage3), pair_files[plan.dig_pairs], out / "dig", plan.dig_config,
-                              plan.steps_scale)
-    after = eval_dig(dig_final, pair_files[plan.dig_test], out / "eval" / "dig" / "dig", vis=8)
-    rec_after = {t: eval_rec(dig_final, sp, out / "eval" / "dig" / f"rec_{t}", prompt=plan.rec_prompt)
-                 for t, sp in specs.items()}
-    summary["stages"]["dig"] = {"checkpoint": str(dig_final),
-                                "rec": {t: rec_row_accuracies(m) for t, m in rec_after.items()}}
-    summary["dig"] = {"before": before["overall"], "after": after["overall"]}
+                write_json_atomic(data / p, merged)
+            else:
+                pairs_to_samples(pair_files[p.removesuffix("_sft.json")], data / p)
+
+    def rec(model: Path, name: str, vis: int = 0) -> dict[str, dict[str, float | None]]:
+        return {t: rec_row_accuracies(eval_rec(model, sp, out / "eval" / name / f"rec_{t}", vis=vis,
+                                               prompt=plan.rec_prompt)) for t, sp in specs.items()}
+
+    if stage3_from is None:
+        init = "preset:tiny"
+        for stage in plan.stages:
+            need_pairs(stage)
+            final = run_sft_stage(stage, init, data, out / stage.name, plan.steps_scale, stage.overrides)
+            summary["stages"][stage.name] = {"checkpoint": str(final), "rec": rec(final, stage.name, vis=8)}
+            init = str(final)
+        stage3 = Path(init)
+    else:
+        stage3 = Path(stage3_from)
+        summary["stage3_from"] = str(stage3)
+        summary["stages"]["stage3"] = {"checkpoint": str(stage3), "rec": rec(stage3, "stage3", vis=8)}
+    if not pair_files:
+        pair_files.update({k: make_pairs(k, ps, data, progress) for k, ps in plan.pair_sets.items()})
+    dig_eval = {"stage3": eval_dig(stage3, pair_files[plan.dig_test], out / "eval" / "stage3" / "dig", vis=8)}
+    init = str(stage3)
+    for phase in plan.dig_warmup:  # the DiG stage's supervised warm start
+        need_pairs(phase)
+        init = str(run_sft_stage(phase, init, data, out / phase.name, plan.steps_scale, phase.overrides))
+        dig_eval[phase.name] = eval_dig(Path(init), pair_files[plan.dig_test], out / "eval" / phase.name / "dig")
+    dig_final = run_dig_stage(init, pair_files[plan.dig_pairs], out / "dig", plan.dig_config, plan.steps_scale)
+    dig_eval["dig"] = eval_dig(dig_final, pair_files[plan.dig_test], out / "eval" / "dig" / "dig", vis=8)
+    summary["stages"]["dig"] = {"checkpoint": str(dig_final), "rec": rec(dig_final, "dig")}
+    summary["dig"] = {"before": dig_eval["stage3"]["overall"], "after": dig_eval["dig"]["overall"],
+                      "by_step": {k: v["overall"] for k, v in dig_eval.items()}}
     total.__exit__()
     summary["wall_time_total_s"] = json.loads((out / "wall_time_total.json").read_text())["seconds"]
+    names = [s.name for s in plan.stages] + [s.name for s in plan.dig_warmup] + ["dig"]
     summary["stage_wall_times_s"] = {name: json.loads((out / name / "wall_time.json").read_text())["seconds"]
-                                     for name in [s.name for s in plan.stages] + ["dig"]
-                                     if (out / name / "wall_time.json").exists()}
+                                     for name in names if (out / name / "wall_time.json").exists()}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "report.md").write_text(from_scratch_report(summary))
     if ship_to:
-        ship_checkpoints(stage3, dig_final, out, *ship_to, rec_specs=specs[plan.rec_tests[-1]],
-                         rec_prompt=plan.rec_prompt)
+        ship_checkpoints(None if stage3_from else stage3, dig_final, out, *ship_to,
+                         rec_specs=specs[plan.rec_tests[-1]], rec_prompt=plan.rec_prompt)
     return summary
 
 
@@ -474,11 +487,14 @@ def from_scratch_report(s: dict[str, Any]) -> str:
         for t, accs in e["rec"].items():
             for split, acc in accs.items():
                 lines.append(f"| {name} | {t} | {split} | {'-' if acc is None else f'{100 * acc:.1f}'} |")
+    if s.get("stage3_from"):
+        lines[2] += f" Stages 1-3 were not run here: the DiG stage starts from `{s['stage3_from']}`."
     if "dig" in s:
-        b, a = s["dig"]["before"], s["dig"]["after"]
-        lines += ["", "| DiG (held-out mixed pairs) | F1 | mean IoU |", "|---|---|---|",
-                  f"| stage 3 | {_num(b['f1'])} | {_num(b['mean_iou'])} |",
-                  f"| after DiG | {_num(a['f1'])} | {_num(a['mean_iou'])} |"]
+        steps = s["dig"].get("by_step") or {"stage3": s["dig"]["before"], "dig": s["dig"]["after"]}
+        labels = {"stage3": "stage 3", "dig": "after DiG (GRPO)"}
+        lines += ["", "| DiG (held-out mixed pairs) | F1 | precision | recall | mean IoU |", "|---|---|---|---|---|"]
+        lines += [f"| {labels.get(k, k + ' (supervised)')} | {_num(r['f1'])} | {_num(r.get('precision'))} | "
+                  f"{_num(r.get('recall'))} | {_num(r['mean_iou'])} |" for k, r in steps.items()]
     times = ", ".join(f"{k} {v / 60:.0f} min" for k, v in s.get("stage_wall_times_s", {}).items())
     lines += ["", (f"Wall time, all sessions: {s['wall_time_total_s'] / 3600:.2f} h in total (data, training and "
                   f"evaluation); training per stage: {times}."), ""]
@@ -492,17 +508,18 @@ def shipped_location() -> tuple[Path, Path]:
     return PACKAGE_DIR / "checkpoints", SHIPPED_REGISTRY
 
 
-def ship_checkpoints(stage3: Path, dig_final: Path, run_dir: Path, dest_root: Path, registry: Path,
+def ship_checkpoints(stage3: Path | None, dig_final: Path, run_dir: Path, dest_root: Path, registry: Path,
                      rec_specs: list[str] | None = None, rec_prompt: str = Plan.rec_prompt) -> None:
-    """Half-precision copies of both results under ``dest_root``, registered in ``registry`` (inside the
-    model_zoo package they are recorded as ``package://`` paths). The copies themselves are evaluated on
-    ``rec_specs`` (the run's REC test rows), so the numbers on their cards are the shipped weights' own."""
+    """Half-precision copies of both results (only the DiG one when ``stage3`` is None) under ``dest_root``,
+    registered in ``registry`` (inside the model_zoo package they are recorded as ``package://`` paths). The
+    copies themselves are evaluated on ``rec_specs`` (the run's REC test rows), so the numbers on their cards
+    are the shipped weights' own."""
     import torch
 
     from model_zoo.add_checkpoint import add
     from tinygg.inference import load_model
 
-    for stage, src in (("stage3", stage3), ("dig", dig_final)):
+    for stage, src in [("stage3", stage3)] * (stage3 is not None) + [("dig", dig_final)]:
         name = SHIPPED[stage]
         dest = dest_root / name
         model, processor = load_model(src, dtype=torch.float32, device="cpu")
@@ -534,12 +551,13 @@ class DemoSize:
 
 
 SIZES = {"quick": DemoSize(scenes=16, dig_pairs=4, train_steps=2, grpo_steps=1, rec_limit=12),
-         "default": DemoSize(scenes=300, dig_pairs=60, train_steps=40, grpo_steps=8, rec_limit=200)}
+         "default": DemoSize(scenes=300, dig_pairs=200, train_steps=40, grpo_steps=8, rec_limit=200)}
 
 
 def default_demo(out: Path, stage3: str, dig_model: str, size: DemoSize, progress: bool = True,
                  question_first: bool = SHIPPED_QUESTION_FIRST) -> dict[str, Any]:
     """Evaluate two checkpoints trained in the ``question_first`` layout and run every stage briefly (module doc)."""
+    from dig.pairs import pairs_to_samples
     from tinygg.evaluate.sources import load_rec_data
     from tinygg.inference import resolve_model_path
 
@@ -597,7 +615,8 @@ def default_demo(out: Path, stage3: str, dig_model: str, size: DemoSize, progres
     # --- every stage, briefly, on the fresh data
     plan = [SftStage("stage1", "stage1.yaml", (("fresh/train.json", 1.0),)),
             SftStage("stage2", "stage2.yaml", (("fresh/train.json", 1.0),)),
-            SftStage("stage3", "stage3.yaml", (("fresh/train.json", 1.0), ("dig_sft.json", 1.0)))]
+            SftStage("stage3", "stage3.yaml", (("fresh/train.json", 1.0), ("dig_sft.json", 1.0))),
+            SftStage("dig_sft", "dig_sft.yaml", (("dig_sft.json", 1.0),))]  # the DiG stage's warm start
     init, curves = str(stage3_dir), {}
     for st in plan:
         final = run_sft_stage(st, init, data, out / "train" / st.name,
@@ -696,6 +715,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "see it; docs/demo_recipe.md sections 14-15). --from-scratch trains in it; the default demo "
                         "asks the models in it and trains them briefly in it. The default is the shipped "
                         "checkpoints' layout")
+    p.add_argument("--dig-from", default=None, metavar="MODEL",
+                   help="--from-scratch: skip stages 1-3 and run only the DiG stage (supervised warm start, then "
+                        "GRPO) from this stage-3 checkpoint (dir or zoo name); with --ship only the DiG result "
+                        "is replaced")
     p.add_argument("--ship", action="store_true",
                    help="--from-scratch: copy the results (fp16) into model_zoo/checkpoints and register them")
     p.add_argument("--stage3", default=SHIPPED["stage3"], metavar="MODEL", help="stage-3 checkpoint (dir or zoo name)")
@@ -713,7 +736,12 @@ def _handler(args: argparse.Namespace) -> int:
             raise SystemExit(f"tinygg demo: --ship with --layout {args.layout}: the default demo asks the shipped "
                              "checkpoints in their layout, tinygg.demo.SHIPPED_QUESTION_FIRST; set it first")
         plan = from_scratch_plan(args.hours, LAYOUTS[args.layout])
-        s = from_scratch(out, plan, ship_to=shipped_location() if args.ship else None)
+        stage3_from = None
+        if args.dig_from:
+            from tinygg.inference import resolve_model_path
+
+            stage3_from = resolve_model_path(args.dig_from)
+        s = from_scratch(out, plan, ship_to=shipped_location() if args.ship else None, stage3_from=stage3_from)
         print((out / "report.md").read_text())
         print(f"metrics -> {out / 'metrics.json'}")
         return 0 if s else 1
