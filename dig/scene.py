@@ -28,7 +28,7 @@ from dig.camera import ground_directions
 
 ATTRIBUTES: tuple[str, ...] = ("shape", "color", "material", "size")
 EDIT_KINDS: tuple[str, ...] = ("shape", "color", "size", "material", "add", "delete")
-_CHOICES: dict[str, tuple[str, ...]] = {
+ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {  # each attribute's possible values
     "shape": P.SHAPES, "color": tuple(P.COLORS), "material": P.MATERIALS, "size": tuple(P.SIZES),
 }
 
@@ -78,8 +78,8 @@ class SceneObject:
         if missing:
             raise ValueError(f"{where}: missing field(s) {missing}")
         for attr in ATTRIBUTES:
-            if d[attr] not in _CHOICES[attr]:
-                raise ValueError(f"{where}.{attr}: expected one of {list(_CHOICES[attr])}, got {d[attr]!r}")
+            if d[attr] not in ATTRIBUTE_VALUES[attr]:
+                raise ValueError(f"{where}.{attr}: expected one of {list(ATTRIBUTE_VALUES[attr])}, got {d[attr]!r}")
         return cls(id=int(d["id"]), shape=d["shape"], color=d["color"], material=d["material"],
                    size=d["size"], x=float(d["x"]), y=float(d["y"]), rotation=float(d["rotation"]))
 
@@ -303,7 +303,7 @@ def _apply(scene: Scene, kinds: list[str], targets: list[SceneObject],
             changes.append(Change("delete", target.id, target.describe(), None))
             continue
         old = getattr(target, kind)
-        new = _choose(rng, tuple(v for v in _CHOICES[kind] if v != old))
+        new = _choose(rng, tuple(v for v in ATTRIBUTE_VALUES[kind] if v != old))
         objects[target.id] = replace(target, **{kind: new})
         changes.append(Change(kind, target.id, old, new))
     edited = Scene(tuple(objects[i] for i in order), scene.zoom)

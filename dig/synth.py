@@ -65,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = ("text2box", "box2text", "object2box", "text2object", "box2attr", "caption", "list2box")
 RELATIONS: dict[str, str] = {"left": "left of", "right": "right of", "front": "in front of", "behind": "behind"}
-_WORD_ORDER = ("size", "color", "material", "shape")
+WORD_ORDER = ("size", "color", "material", "shape")  # the order referring expressions name attributes in
 CAPTION_PROMPT = "Describe the image."
 LIST_PREFIX = "Objects: "
 _OPTION_LETTERS = "ABCD"
@@ -91,7 +91,7 @@ class Expression:
 
 def _noun_phrase(attrs: tuple[tuple[str, str], ...]) -> str:
     d = dict(attrs)
-    words = [d[a] for a in _WORD_ORDER if a in d and a != "shape"]
+    words = [d[a] for a in WORD_ORDER if a in d and a != "shape"]
     return " ".join(words + [d.get("shape", "object")])
 
 
@@ -119,7 +119,7 @@ def resolve(expr: Expression, scene: Scene) -> list[int]:
 def _attr_sets(obj: SceneObject, min_size: int = 1) -> list[tuple[tuple[str, str], ...]]:
     """Every subset of the object's attributes with at least ``min_size`` entries, smallest first."""
     return [tuple((a, getattr(obj, a)) for a in subset)
-            for k in range(min_size, len(ATTRIBUTES) + 1) for subset in combinations(_WORD_ORDER, k)]
+            for k in range(min_size, len(ATTRIBUTES) + 1) for subset in combinations(WORD_ORDER, k)]
 
 
 def unique_expressions(scene: Scene, target: int, relations: bool = True) -> list[Expression]:
@@ -248,7 +248,7 @@ def scene_samples(scene: Scene, mask: np.ndarray, image: str, scene_id: str, cfg
                 turns = [ask(f"What object is in the region {box_text(i)}?"), f"a {scene.objects[i].describe()}"]
                 objects = []
             elif task == "box2attr":
-                attr = _WORD_ORDER[int(rng.integers(len(_WORD_ORDER)))]
+                attr = WORD_ORDER[int(rng.integers(len(WORD_ORDER)))]
                 turns = [ask(f"What {attr} is the object in the region {box_text(i)}?"),
                          getattr(scene.objects[i], attr)]
                 objects = []

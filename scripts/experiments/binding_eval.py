@@ -82,11 +82,11 @@ def rec_rows(model, processor, corpus: Path, split: str, limit: int, batch_size:
 
 def words_asked(expression: str) -> str:
     """Which attributes an expression names, e.g. ``size+color`` for "the small red object"."""
-    from dig.scene import _CHOICES  # each attribute's values
-    from dig.synth import _WORD_ORDER  # the order expressions name them in
+    from dig.scene import ATTRIBUTE_VALUES  # each attribute's values
+    from dig.synth import WORD_ORDER  # the order expressions name them in
 
     words = expression.split()
-    named = [k for k in _WORD_ORDER if any(w in _CHOICES[k] for w in words)]
+    named = [k for k in WORD_ORDER if any(w in ATTRIBUTE_VALUES[k] for w in words)]
     return "+".join(named) or "object"
 
 
