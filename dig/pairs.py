@@ -316,13 +316,13 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
 _RUN_ONLY = ("out", "n", "workers", "shard", "save_masks", "retries", "blender_threads")
 
 
-
 def pairs_to_samples(pairs_file: str | Path, out_file: str | Path) -> Path:
     """Supervised samples (the training JSON of ``tinygg train``) asking the DiG question about each pair, answered
     with its true boxes in the norm format: the warm start before GRPO when rewards would be near zero.
 
     Image paths are written relative to ``out_file``'s folder (the samples' image root); written atomically."""
     from dig.prompt import instruction
+    from dig.synth import write_json
     from tinygg.boxes import format_boxes, pixel_to_square
 
     out_file = Path(out_file)
@@ -335,14 +335,8 @@ def pairs_to_samples(pairs_file: str | Path, out_file: str | Path) -> Path:
                         "images": [str(Path(r[k]).resolve().relative_to(root)) for k in ("image_a", "image_b")],
                         "conversations": [{"from": "human", "value": "<image>\n<image>\n" + instruction("norm")},
                                           {"from": "gpt", "value": format_boxes(boxes)}]})
-    write_json_atomic(out_file, samples)
+    write_json(out_file, samples)
     return out_file
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(path)
 
 
 def _settings(cfg: PairConfig) -> dict[str, Any]:

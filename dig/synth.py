@@ -381,7 +381,8 @@ def as_conversation(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as JSON (a ``str`` as it is) at ``path``, atomically: a killed run never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1) if not isinstance(data, str) else data, encoding="utf-8")
     os.replace(tmp, path)
@@ -425,11 +426,11 @@ def generate_synth(cfg: SynthConfig, progress: bool = True) -> dict[str, int]:
         if split_of[i] == "test":
             rec.extend(rows)
     for name, samples in data.items():
-        _write_json(out / f"{name}.json", samples)
-    _write_json(out / "test_rec.jsonl", "".join(json.dumps(r) + "\n" for r in rec))
-    _write_json(out / "scenes.jsonl", "".join(scenes))
+        write_json(out / f"{name}.json", samples)
+    write_json(out / "test_rec.jsonl", "".join(json.dumps(r) + "\n" for r in rec))
+    write_json(out / "scenes.jsonl", "".join(scenes))
     counts = {f"{k}.json": len(v) for k, v in data.items()} | {"test_rec.jsonl": len(rec)}
     info = {"config": config_record(cfg), "counts": counts, "image_root": "."}
-    _write_json(out / "synth_info.json", info)
+    write_json(out / "synth_info.json", info)
     logger.info("synthetic corpus in %s: %s", out, counts)
     return counts

@@ -25,6 +25,7 @@ on a shared machine (docs/demo_recipe.md has the measurements); ``--threads`` ch
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import random
@@ -403,7 +404,8 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
 
     ``stage3_from``: stages 1-3 are not trained; the DiG stage starts from this checkpoint (evaluated as the
     stage-3 row), and only the DiG result is shipped."""
-    from dig.pairs import pairs_to_samples, write_json_atomic
+    from dig.pairs import pairs_to_samples
+    from dig.synth import write_json
 
     hours = plan.steps_scale * NOMINAL_HOURS
     data = out / "data"
@@ -415,25 +417,24 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
 
     summary: dict[str, Any] = {"mode": "from-scratch", "hours_budget": hours, "rec_prompt": plan.rec_prompt,
                                "stages": {}}
-    pair_files: dict[str, Path] = {}
 
-    def need_pairs(stage: SftStage) -> None:  # pair sets and their supervised samples, made when first needed
+    @functools.cache
+    def pair_files() -> dict[str, Path]:  # every pair set, made when first needed
+        return {k: make_pairs(k, ps, data, progress) for k, ps in plan.pair_sets.items()}
+
+    def need_pairs(stage: SftStage) -> None:  # the supervised samples of the pair sets a stage trains on
         wanted = [p for p, _ in stage.data if p == "dig_sft.json" or p.removesuffix("_sft.json") in plan.pair_sets]
-        if not wanted:
-            return
-        if not pair_files:
-            pair_files.update({k: make_pairs(k, ps, data, progress) for k, ps in plan.pair_sets.items()})
         for p in wanted:
             if (data / p).exists():
                 continue
             if p == "dig_sft.json":  # stage 3's DiG answers: the plan's sft_pairs, shuffled together
                 merged = []
                 for name in plan.sft_pairs:
-                    merged += json.loads(pairs_to_samples(pair_files[name], data / f"{name}_sft.json").read_text())
+                    merged += json.loads(pairs_to_samples(pair_files()[name], data / f"{name}_sft.json").read_text())
                 random.Random(0).shuffle(merged)
-                write_json_atomic(data / p, merged)
+                write_json(data / p, merged)
             else:
-                pairs_to_samples(pair_files[p.removesuffix("_sft.json")], data / p)
+                pairs_to_samples(pair_files()[p.removesuffix("_sft.json")], data / p)
 
     def rec(model: Path, name: str, vis: int = 0) -> dict[str, dict[str, float | None]]:
         return {t: rec_row_accuracies(eval_rec(model, sp, out / "eval" / name / f"rec_{t}", vis=vis,
@@ -451,16 +452,15 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
         stage3 = Path(stage3_from)
         summary["stage3_from"] = str(stage3)
         summary["stages"]["stage3"] = {"checkpoint": str(stage3), "rec": rec(stage3, "stage3", vis=8)}
-    if not pair_files:
-        pair_files.update({k: make_pairs(k, ps, data, progress) for k, ps in plan.pair_sets.items()})
-    dig_eval = {"stage3": eval_dig(stage3, pair_files[plan.dig_test], out / "eval" / "stage3" / "dig", vis=8)}
+    pairs = pair_files()
+    dig_eval = {"stage3": eval_dig(stage3, pairs[plan.dig_test], out / "eval" / "stage3" / "dig", vis=8)}
     init = str(stage3)
     for phase in plan.dig_warmup:  # the DiG stage's supervised warm start
         need_pairs(phase)
         init = str(run_sft_stage(phase, init, data, out / phase.name, plan.steps_scale, phase.overrides))
-        dig_eval[phase.name] = eval_dig(Path(init), pair_files[plan.dig_test], out / "eval" / phase.name / "dig")
-    dig_final = run_dig_stage(init, pair_files[plan.dig_pairs], out / "dig", plan.dig_config, plan.steps_scale)
-    dig_eval["dig"] = eval_dig(dig_final, pair_files[plan.dig_test], out / "eval" / "dig" / "dig", vis=8)
+        dig_eval[phase.name] = eval_dig(Path(init), pairs[plan.dig_test], out / "eval" / phase.name / "dig")
+    dig_final = run_dig_stage(init, pairs[plan.dig_pairs], out / "dig", plan.dig_config, plan.steps_scale)
+    dig_eval["dig"] = eval_dig(dig_final, pairs[plan.dig_test], out / "eval" / "dig" / "dig", vis=8)
     summary["stages"]["dig"] = {"checkpoint": str(dig_final), "rec": rec(dig_final, "dig")}
     summary["dig"] = {"before": dig_eval["stage3"]["overall"], "after": dig_eval["dig"]["overall"],
                       "by_step": {k: v["overall"] for k, v in dig_eval.items()}}
@@ -521,7 +521,8 @@ def ship_checkpoints(stage3: Path | None, dig_final: Path, run_dir: Path, dest_r
     from model_zoo.add_checkpoint import add
     from tinygg.inference import load_model
 
-    for stage, src in [("stage3", stage3)] * (stage3 is not None) + [("dig", dig_final)]:
+    results = ([("stage3", stage3)] if stage3 is not None else []) + [("dig", dig_final)]
+    for stage, src in results:
         name = SHIPPED[stage]
         dest = dest_root / name
         model, processor = load_model(src, dtype=torch.float32, device="cpu")
