@@ -24,18 +24,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
 
-from tinygg.build import build_model  # noqa: E402
-from tinygg.data.dataset import Collator, DataSource, SupervisedDataset, length_grouped_batches, mix  # noqa: E402
-from tinygg.data.schema import write_samples  # noqa: E402
-from tinygg.train.config import Freeze, Lora  # noqa: E402
-from tinygg.train.feature_cache import FeatureCache, tower_fingerprint  # noqa: E402
-from tinygg.train.freeze import apply_freeze  # noqa: E402
+from tinygg.build import build_model
+from tinygg.data.dataset import Collator, DataSource, SupervisedDataset, length_grouped_batches, mix
+from tinygg.data.schema import write_samples
+from tinygg.train.config import Freeze, Lora
+from tinygg.train.feature_cache import FeatureCache, tower_fingerprint
+from tinygg.train.freeze import apply_freeze
 
-WORDS = "the a red blue small large cube sphere cylinder left right of behind metal rubber shiny next to".split()
+WORDS = ["the", "a", "red", "blue", "small", "large", "cube", "sphere", "cylinder", "left", "right", "of", "behind", "metal", "rubber", "shiny", "next", "to"]
 
 
 def make_corpus(root: Path, n: int, seed: int = 0) -> Path:

@@ -46,7 +46,7 @@ def read_jsonl(path: str | Path, *, strict: bool = False) -> Iterator[dict[str, 
                 raise ValueError(f"{path}, line {number}: not valid JSON ({exc})") from None
             if not isinstance(record, dict):
                 got = type(record).__name__
-                raise ValueError(f"{path}, line {number}: expected a JSON object, got {got}")  # noqa: TRY004
+                raise ValueError(f"{path}, line {number}: expected a JSON object, got {got}")
             yield record
 
 

@@ -41,7 +41,7 @@ def _image_size(root: Path, rel: str, where: str, cache: dict[str, tuple[int, in
 
 def validate_sample(sample: Any, where: str, image_root: Path, sizes: dict[str, tuple[int, int]]) -> None:
     if not isinstance(sample, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(sample).__name__}")  # noqa: TRY004
+        raise ValueError(f"{where}: expected a JSON object, got {type(sample).__name__}")
     if not isinstance(sample.get("id"), str) or not sample["id"]:
         raise ValueError(f"{where}: field 'id': expected a non-empty string, got {sample.get('id')!r}")
     where = f"{where} (id {sample['id']!r})"
@@ -83,7 +83,7 @@ def validate_sample(sample: Any, where: str, image_root: Path, sizes: dict[str, 
         )
     objects = sample.get("objects") or []
     if not isinstance(objects, list):
-        raise ValueError(f"{where}: field 'objects': expected a list of [x1,y1,x2,y2], got {objects!r}")  # noqa: TRY004
+        raise ValueError(f"{where}: field 'objects': expected a list of [x1,y1,x2,y2], got {objects!r}")
     if text.count(OBJECT_TOKEN) != len(objects):
         raise ValueError(
             f"{where}: field 'objects': expected one box per {OBJECT_TOKEN} token "
@@ -105,7 +105,7 @@ def validate_sample(sample: Any, where: str, image_root: Path, sizes: dict[str, 
 def validate_samples(samples: Any, image_root: str | Path, source: str = "samples") -> int:
     """Check a list of training samples; return how many. Raises ``ValueError`` on the first problem."""
     if not isinstance(samples, list):
-        raise ValueError(f"{source}: expected a JSON list of samples, got {type(samples).__name__}")  # noqa: TRY004
+        raise ValueError(f"{source}: expected a JSON list of samples, got {type(samples).__name__}")
     root = Path(image_root)
     seen: set[str] = set()
     sizes: dict[str, tuple[int, int]] = {}

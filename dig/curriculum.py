@@ -80,7 +80,7 @@ def load_curriculum(path: str | Path | None, overrides: Sequence[str] = ()) -> C
     single = not values.get("stages")  # a plain stage YAML: one stage written to output_dir itself
     entries = values.pop("stages", None) or [{"name": "grpo"}]
     if not isinstance(entries, list):
-        raise ValueError(f"{where}: stages must be a list of {{name, pairs, ...}}; got {entries!r}")  # noqa: TRY004
+        raise ValueError(f"{where}: stages must be a list of {{name, pairs, ...}}; got {entries!r}")
     output_dir = Path(cli.pop("output_dir", values.pop("output_dir", "runs/dig")))
     init = cli.pop("init", values.pop("init", "preset:tiny"))
     names = [e.get("name") if isinstance(e, dict) else None for e in entries]

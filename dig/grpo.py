@@ -206,7 +206,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"config file not found: {path}")
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of fields at the top level")  # noqa: TRY004
+        raise ValueError(f"{path}: expected a mapping of fields at the top level")
     return values
 
 
@@ -246,7 +246,7 @@ def load_extra_rewards(names: Sequence[str]) -> list[Callable[..., list[float]]]
             raise ValueError(f"extra_rewards: expected 'module:function', got {name!r}")
         fn = getattr(importlib.import_module(module), attr, None)
         if not callable(fn):
-            raise ValueError(f"extra_rewards: {name!r} is not a function")  # noqa: TRY004
+            raise ValueError(f"extra_rewards: {name!r} is not a function")
         funcs.append(fn)
     return funcs
 

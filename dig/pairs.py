@@ -38,6 +38,7 @@ from dig import properties as P
 from dig.masks import mask_box, union_box, visible_counts
 from dig.render_flat import render_flat, render_mask
 from dig.scene import EDIT_KINDS, Change, Scene, check_object_counts, check_zoom, edit_scene, sample_scene
+from tinygg.fileio import write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +323,6 @@ def pairs_to_samples(pairs_file: str | Path, out_file: str | Path) -> Path:
 
     Image paths are written relative to ``out_file``'s folder (the samples' image root); written atomically."""
     from dig.prompt import instruction
-    from dig.synth import write_json
     from tinygg.boxes import format_boxes, pixel_to_square
 
     out_file = Path(out_file)
@@ -410,9 +410,7 @@ def generate_pairs(cfg: PairConfig, progress: bool = True) -> list[Path]:
     else:
         wanted = {pair_id(cfg.difficulty, j) for j in indices}
         ordered = sorted((r for r in done.values() if r["id"] in wanted), key=lambda r: r["id"])
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered), encoding="utf-8")
-        os.replace(tmp, path)
+        write_jsonl(path, ordered, sort_keys=True)
     return [path]
 
 

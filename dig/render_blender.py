@@ -23,7 +23,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class WorkerPool:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def __enter__(self) -> WorkerPool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -87,7 +87,7 @@ class WorkerPool:
 
     # -- one slot ------------------------------------------------------------------------------------
     def _start(self, slot: int) -> tuple[subprocess.Popen, Any]:
-        log = open(self.log_dir / f"worker-{slot}.log", "ab")
+        log = open(self.log_dir / f"worker-{slot}.log", "ab")  # noqa: SIM115 (open as long as the worker)
         proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                 env=self.env, text=True, bufsize=1)
         return proc, log

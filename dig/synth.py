@@ -60,6 +60,7 @@ from dig.render_flat import render_flat
 from dig.scene import ATTRIBUTES, Scene, SceneObject, check_object_counts, check_zoom, sample_scene
 from tinygg.boxes import box_iou, format_box, pixel_to_square
 from tinygg.evaluate.rec import DEFAULT_PROMPT, make_prompt
+from tinygg.fileio import write_json, write_jsonl, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -381,13 +382,6 @@ def as_conversation(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def write_json(path: Path, data: Any) -> None:
-    """``data`` as JSON (a ``str`` as it is) at ``path``, atomically: a killed run never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) if not isinstance(data, str) else data, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _claim_images(folder: Path, cfg: SynthConfig) -> None:
     """Image i depends only on these settings, so a rerun keeps images written under the same ones and deletes
     images written under others (a different size, zoom, seed or object count) before rendering anew."""
@@ -427,8 +421,8 @@ def generate_synth(cfg: SynthConfig, progress: bool = True) -> dict[str, int]:
             rec.extend(rows)
     for name, samples in data.items():
         write_json(out / f"{name}.json", samples)
-    write_json(out / "test_rec.jsonl", "".join(json.dumps(r) + "\n" for r in rec))
-    write_json(out / "scenes.jsonl", "".join(scenes))
+    write_jsonl(out / "test_rec.jsonl", rec)
+    write_text_atomic(out / "scenes.jsonl", "".join(scenes))
     counts = {f"{k}.json": len(v) for k, v in data.items()} | {"test_rec.jsonl": len(rec)}
     info = {"config": config_record(cfg), "counts": counts, "image_root": "."}
     write_json(out / "synth_info.json", info)

@@ -12,9 +12,9 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 # for each other (docs/demo_recipe.md: one thread was 2-5x faster per step).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image
 
 
 @pytest.fixture(scope="session")

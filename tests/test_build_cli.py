@@ -12,7 +12,7 @@ from tinygg.cli import build_parser, main
 @pytest.fixture(scope="module")
 def component_dirs(tmp_path_factory):
     """Tiny CLIP (full CLIP checkpoint, as on the hub), DINOv2 and Qwen2 causal LM + tokenizer, saved locally."""
-    from transformers import (CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model, Qwen2Config, Qwen2ForCausalLM)
+    from transformers import CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model, Qwen2Config, Qwen2ForCausalLM
 
     from tinygg.configuration import TINY
     from tinygg.tokenizer import build_tiny_tokenizer
@@ -32,8 +32,9 @@ def component_dirs(tmp_path_factory):
 
 
 def test_build_from_component_dirs_keeps_pretrained_weights(component_dirs, tmp_path, capsys):
-    import tinygg  # noqa: F401
     from transformers import AutoModelForImageTextToText, Dinov2Model, Qwen2ForCausalLM
+
+    import tinygg  # noqa: F401
 
     root = component_dirs["root"]
     out = tmp_path / "stage0"
@@ -64,8 +65,8 @@ def test_build_tiny_then_predict_draws_boxes(tmp_path, photo, capsys):
     img = tmp_path / "photo.png"
     photo.save(img)
     out_png = tmp_path / "pred.png"
-    code = main(["predict", "--model", str(ckpt), "--image", str(img), "--prompt", "Output the coordinate of "
-                 "the astronaut.", "--object", "10,10,200,300", "--out", str(out_png), "--max-new-tokens", "8"])
+    code = main(["predict", "--model", str(ckpt), "--image", str(img), "--prompt", ("Output the coordinate of "
+                 "the astronaut."), "--object", "10,10,200,300", "--out", str(out_png), "--max-new-tokens", "8"])
     assert code == 0
     drawn = Image.open(out_png)
     assert drawn.size == photo.size

@@ -6,13 +6,19 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_rec_jsonl
-from tinygg.data.convert import REC_TEMPLATES, convert_jsonl, convert_refer
-from tinygg.data.dataset import (Collator, DataSource, SupervisedDataset, length_grouped_batches, mix,
-                                 padding_fraction)
-from tinygg.data.schema import SampleError, read_samples, validate_sample
+
 from tinygg.boxes import parse_box, square_to_pixel
+from tinygg.data.convert import REC_TEMPLATES, convert_jsonl, convert_refer
+from tinygg.data.dataset import (
+    Collator,
+    DataSource,
+    SupervisedDataset,
+    length_grouped_batches,
+    mix,
+    padding_fraction,
+)
+from tinygg.data.schema import SampleError, read_samples, validate_sample
 
 
 def _good(**kw):

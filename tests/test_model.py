@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import random_image
 
 from tinygg import TinyGGConfig, TinyGGForConditionalGeneration
-from conftest import random_image
 
 
 @pytest.mark.parametrize("preset,llm_params", [("1.5b", 1.54e9), ("3b", 3.09e9), ("7b", 7.62e9)])
@@ -12,7 +12,7 @@ def test_real_preset_parameter_counts_on_meta(preset, llm_params):
     cfg = TinyGGConfig.from_preset(preset)
     with torch.device("meta"):
         model = TinyGGForConditionalGeneration(cfg)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     tower = model.model.vision_tower
     assert count(tower.clip) == pytest.approx(303.5e6, rel=0.002)
     assert count(tower.dino) == pytest.approx(304.4e6, rel=0.002)  # 303.5M + 1.4M position table at 518 px

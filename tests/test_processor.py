@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import random_image
 from PIL import Image
 
-from conftest import random_image
 from tinygg.processor import IGNORE_INDEX, PAD_COLOR, load_image
 
 

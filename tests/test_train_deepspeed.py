@@ -13,8 +13,9 @@ ROOT = Path(__file__).parents[1]
 @pytest.mark.slow
 @pytest.mark.deepspeed
 def test_stage2_script_under_deepspeed_zero2(rec_train_json, tmp_path):
-    import tinygg  # noqa: F401
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import tinygg  # noqa: F401
 
     out = tmp_path / "stage2"
     env = dict(os.environ, TORCH_EXTENSIONS_DIR=os.environ.get(
@@ -23,7 +24,7 @@ def test_stage2_script_under_deepspeed_zero2(rec_train_json, tmp_path):
         ["bash", str(ROOT / "scripts" / "stage2.sh"), "preset=tiny", f"data={rec_train_json}",
          f"image_root={rec_train_json.parent / 'imgs'}", f"output_dir={out}", "max_steps=10", "batch_size=8",
          "logging_steps=1", "save_steps=5", "learning_rate=1e-3"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert "num_local_procs=2" in log  # the deepspeed launcher started two processes

@@ -18,4 +18,4 @@ AutoModel.register(TinyGGConfig, TinyGGModel, exist_ok=True)
 AutoModelForImageTextToText.register(TinyGGConfig, TinyGGForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(TinyGGConfig, TinyGGProcessor, exist_ok=True)
 
-__all__ = ["TinyGGConfig", "TinyGGModel", "TinyGGForConditionalGeneration", "TinyGGProcessor", "PRESETS"]
+__all__ = ["PRESETS", "TinyGGConfig", "TinyGGForConditionalGeneration", "TinyGGModel", "TinyGGProcessor"]

@@ -26,7 +26,8 @@ All geometry functions are vectorised and accept numpy arrays or torch tensors o
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

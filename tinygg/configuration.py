@@ -162,7 +162,7 @@ class TinyGGConfig(PreTrainedConfig):
 
     # ------------------------------------------------------------------ presets
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "TinyGGConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> TinyGGConfig:
         """The architecture of a preset: ``tiny`` (random, CPU-sized) or ``1.5b`` / ``3b`` / ``7b``.
 
         ``overrides`` set top-level fields (e.g. ``object_tokens=16``).
@@ -186,4 +186,4 @@ class TinyGGConfig(PreTrainedConfig):
         return cls(text_config=text, preset=key, **kw)
 
 
-__all__ = ["TinyGGConfig", "PRESETS", "CLIP_ID", "DINO_ID", "LLM_IDS"]
+__all__ = ["CLIP_ID", "DINO_ID", "LLM_IDS", "PRESETS", "TinyGGConfig"]

@@ -39,6 +39,8 @@ from typing import Any, Self
 
 import numpy as np
 
+from .fileio import write_json
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -309,9 +311,7 @@ class WallClock:
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"seconds": self.before + time.time() - self.t0}))
-        tmp.replace(self.path)
+        write_json(self.path, {"seconds": self.before + time.time() - self.t0})
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
@@ -405,7 +405,6 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
     ``stage3_from``: stages 1-3 are not trained; the DiG stage starts from this checkpoint (evaluated as the
     stage-3 row), and only the DiG result is shipped."""
     from dig.pairs import pairs_to_samples
-    from dig.synth import write_json
 
     hours = plan.steps_scale * NOMINAL_HOURS
     data = out / "data"

@@ -7,9 +7,9 @@ same code path.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -41,8 +41,9 @@ def load_model(name_or_path: str | Path, dtype: torch.dtype | None = None, devic
 
     ``dtype`` defaults to bfloat16 on GPU and float32 on CPU.
     """
-    import tinygg  # noqa: F401  (registers the Auto classes)
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import tinygg  # noqa: F401  (registers the Auto classes)
 
     path = resolve_model_path(name_or_path)
     device = torch.device(device) if device is not None else best_device()

@@ -110,7 +110,7 @@ class TinyGGModel(TinyGGPreTrainedModel):
 
     def pool_objects(self, features: torch.Tensor) -> torch.Tensor:
         """(n, grid*grid, C) crop features -> (n, object_tokens, C) by average pooling on the patch grid."""
-        n, length, channels = features.shape
+        n, _, channels = features.shape
         grid, side = self.config.grid_size, int(self.config.object_tokens ** 0.5)
         x = features.transpose(1, 2).reshape(n, channels, grid, grid)
         x = F.adaptive_avg_pool2d(x.float(), side).to(features.dtype)
@@ -266,4 +266,4 @@ class TinyGGForConditionalGeneration(TinyGGPreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["TinyGGModel", "TinyGGForConditionalGeneration", "TinyGGPreTrainedModel", "placeholder_order"]
+__all__ = ["TinyGGForConditionalGeneration", "TinyGGModel", "TinyGGPreTrainedModel", "placeholder_order"]

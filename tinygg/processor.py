@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from .configuration import CLIP_MEAN, CLIP_STD
 from .tokenizer import IMAGE_TOKEN, OBJECT_TOKEN
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
-PAD_COLOR = tuple(int(round(m * 255)) for m in CLIP_MEAN)  # (122, 117, 104)
+PAD_COLOR = tuple(round(m * 255) for m in CLIP_MEAN)  # (122, 117, 104)
 IGNORE_INDEX = -100
 _PLACEHOLDER = re.compile(f"({re.escape(IMAGE_TOKEN)}|{re.escape(OBJECT_TOKEN)})")
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -116,7 +117,7 @@ class TinyGGProcessor(ProcessorMixin):
         self._std = np.asarray(CLIP_STD, dtype=np.float32).reshape(3, 1, 1)
 
     @classmethod
-    def from_config(cls, tokenizer, config) -> "TinyGGProcessor":
+    def from_config(cls, tokenizer, config) -> TinyGGProcessor:
         """The processor matching a :class:`~tinygg.configuration.TinyGGConfig`."""
         return cls(tokenizer, image_size=config.image_size, num_image_tokens=config.num_image_tokens,
                    object_tokens=config.object_tokens)
@@ -219,7 +220,7 @@ class TinyGGProcessor(ProcessorMixin):
         labels: list[int] = []
         kinds: list[str] = []
         turns = list(turns)
-        tok = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        tok = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]
         if not turns or _role(turns[0]) != "system":
             sys_ids = tok(f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n")
             ids += sys_ids
@@ -346,4 +347,4 @@ def _per_sample(values: Any, n: int, name: str, leaf_is_list: bool = False) -> l
     return [[v] if is_leaf(v) else list(v or []) for v in values]
 
 
-__all__ = ["TinyGGProcessor", "load_image", "placeholder_kinds", "DEFAULT_SYSTEM", "IGNORE_INDEX", "CHAT_TEMPLATE"]
+__all__ = ["CHAT_TEMPLATE", "DEFAULT_SYSTEM", "IGNORE_INDEX", "TinyGGProcessor", "load_image", "placeholder_kinds"]

@@ -42,9 +42,8 @@ def _corpus() -> list[str]:
 
 def build_tiny_tokenizer(vocab_size: int = 1000) -> PreTrainedTokenizerBase:
     """A small byte-level BPE in Qwen2's format, with ChatML and ``<image>``/``<object>`` tokens added."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-    from tokenizers import Regex
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence([

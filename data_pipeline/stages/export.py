@@ -14,9 +14,7 @@ Without ``--shard`` the filter outputs of all shards found in the output directo
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,16 +23,11 @@ from data_pipeline.families import FINE_GRAINED, GLOBAL
 from data_pipeline.jsonl import read_jsonl
 from data_pipeline.schema import validate_samples
 from data_pipeline.stage import RunContext, StageReport
+from tinygg.fileio import write_json
 
 logger = logging.getLogger(__name__)
 
 STAGE = "export"
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def filter_files(ctx: RunContext) -> list[Path]:
@@ -73,12 +66,12 @@ def run(ctx: RunContext) -> StageReport:
                 families.append(sample["family"])
     suffix = ctx.shard.suffix
     validate_samples(samples, ctx.image_dir, source=f"export to {ctx.out_dir / f'train{suffix}.json'}")
-    _write_json(ctx.out_dir / f"train{suffix}.json", samples)
-    _write_json(
+    write_json(ctx.out_dir / f"train{suffix}.json", samples)
+    write_json(
         ctx.out_dir / f"train_fine_grained{suffix}.json",
         [s for s, f in zip(samples, families) if f in FINE_GRAINED],
     )
-    _write_json(
+    write_json(
         ctx.out_dir / f"train_global{suffix}.json", [s for s, f in zip(samples, families) if f in GLOBAL]
     )
     stats = {
@@ -88,7 +81,7 @@ def run(ctx: RunContext) -> StageReport:
         "dropped": dict(dropped),
         "image_root": str(ctx.image_dir.resolve()),
     }
-    _write_json(ctx.out_dir / f"export_stats{suffix}.json", stats)
+    write_json(ctx.out_dir / f"export_stats{suffix}.json", stats)
     logger.info(
         "export: %d samples from %d images -> %s", len(samples), images, ctx.out_dir / f"train{suffix}.json"
     )

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import pickle
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from PIL import Image
 

@@ -11,9 +11,10 @@ import logging
 import math
 import multiprocessing
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ def mix(sources: Sequence[DataSource], seed: int = 0, skip_invalid: bool = False
     out: list[tuple[Sample, Path]] = []
     for src in sources:
         samples = read_samples(src.path, skip_invalid=skip_invalid, rejects=rejects)
-        whole, frac = int(math.floor(src.ratio)), src.ratio - math.floor(src.ratio)
+        whole, frac = math.floor(src.ratio), src.ratio - math.floor(src.ratio)
         picked = samples * whole + rng.sample(samples, round(frac * len(samples)))
         out += [(s, src.root) for s in picked]
         logger.info("data %s: %d samples, ratio %g -> %d", src.path, len(samples), src.ratio, len(picked))

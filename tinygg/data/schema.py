@@ -15,9 +15,10 @@ square (``tinygg.boxes``). Errors name the file, the row and the field.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..tokenizer import IMAGE_TOKEN, OBJECT_TOKEN
 

@@ -6,7 +6,7 @@ import argparse
 
 from .config import Freeze, Lora, TrainConfig, load_config
 
-__all__ = ["TrainConfig", "Freeze", "Lora", "load_config", "register", "main"]
+__all__ = ["Freeze", "Lora", "TrainConfig", "load_config", "main", "register"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

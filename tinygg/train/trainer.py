@@ -131,9 +131,11 @@ def load_init(cfg: TrainConfig):
         from ..build import build_model
 
         return build_model(cfg.init.split(":", 1)[1], seed=cfg.seed, embed_std=cfg.init_embed_std)
-    from ..inference import resolve_model_path
-    import tinygg  # noqa: F401
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import tinygg  # noqa: F401
+
+    from ..inference import resolve_model_path
 
     path = resolve_model_path(cfg.init)
     # fp32 master weights whatever the checkpoint holds (the shipped ones are fp16): the Trainer's bf16 / fp16
