@@ -19,12 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from dig.rewards import BOX_FORMATS, IOU_MODES, RewardConfig
+from tinygg.helpformat import HelpFormatter
 
 logger = logging.getLogger(__name__)
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
 
 
 EPILOG = """\
@@ -47,7 +44,7 @@ def generate_fn(model: str, records: Sequence[Mapping[str, Any]], args: argparse
 def register_eval(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``dig`` to the ``tinygg eval`` group."""
     p = subparsers.add_parser(
-        "dig", formatter_class=_Formatter, epilog=EPILOG,
+        "dig", formatter_class=HelpFormatter, epilog=EPILOG,
         help="DiG differences: F1, precision, recall, mean IoU by difficulty and change kind",
         description="Score answers to DiG image pairs with the DiG reward's own matching (one-to-one "
                     "Hungarian, hit at IoU >= tau): detection precision, recall and F1, mean IoU of the "

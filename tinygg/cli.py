@@ -20,11 +20,9 @@ import logging
 import sys
 from pathlib import Path
 
+from .helpformat import HelpFormatter
+
 logger = logging.getLogger("tinygg")
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
 
 
 def _parse_box(text: str) -> list[float]:
@@ -116,14 +114,14 @@ _GROUPS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="tinygg", formatter_class=_Formatter,
+        prog="tinygg", formatter_class=HelpFormatter,
         description="TinyGroundingGPT: train, fine-tune, post-train (DiG) and evaluate compact grounding "
                     "multimodal LLMs.",
         epilog="Run `tinygg COMMAND --help` for the options of a command.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("build", formatter_class=_Formatter, help="assemble a stage-0 checkpoint from components",
+    p = sub.add_parser("build", formatter_class=HelpFormatter, help="assemble a stage-0 checkpoint from components",
                        description="Assemble a stage-0 checkpoint: pretrained CLIP ViT-L/14-336, DINOv2-L and "
                                    "Qwen2.5 (hub ids or local directories) plus a fresh projector; `tiny` builds a "
                                    "random CPU-sized model with a locally built tokenizer (no download).")
@@ -140,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--llm; docs/demo_recipe.md section 14)")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("predict", formatter_class=_Formatter, help="answer one prompt about one image",
+    p = sub.add_parser("predict", formatter_class=HelpFormatter, help="answer one prompt about one image",
                        description="Answer a prompt about an image; every box in the answer is drawn with --out.")
     p.add_argument("--model", required=True, help="checkpoint directory or model-zoo name")
     p.add_argument("--image", required=True, help="image file")
@@ -157,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     groups = {}
     for name, help_text in _GROUPS.items():
-        g = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_Formatter)
+        g = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         groups[name] = g.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
         g.set_defaults(func=lambda a, g=g: (g.print_help(), 2)[1])
     for group, module, fn in _EXTERNAL:

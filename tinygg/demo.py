@@ -40,6 +40,7 @@ from typing import Any, Self
 import numpy as np
 
 from .fileio import write_json
+from .helpformat import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -702,7 +703,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Default: evaluate the shipped tiny checkpoints (REC with baselines, DiG before/after) and "
                     "run every training stage briefly on fresh data; writes report.md, metrics.json, plots. "
                     "--from-scratch trains those checkpoints from random init (hours; resumable).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output folder, a rerun resumes there (default: runs/demo; runs/demo-from-scratch with "
                         "--from-scratch)")

@@ -15,14 +15,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..cli import prompt_template
+from ..helpformat import HelpFormatter
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
 
 
 REC_EPILOG = """\
@@ -139,7 +136,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from .rec import DEFAULT_PROMPT as REC_PROMPT
 
     p = subparsers.add_parser(
-        "rec", formatter_class=_Formatter, epilog=REC_EPILOG,
+        "rec", formatter_class=HelpFormatter, epilog=REC_EPILOG,
         help="referring expression comprehension: Acc@0.5 on RefCOCO/+/g (the paper's Table 1)",
         description="Evaluate referring expression comprehension: the model answers the prompt with a box "
                     "for each expression; Acc@0.5 per split and their average, printed in the paper's "
@@ -174,7 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_rec)
 
     p = subparsers.add_parser(
-        "pope", formatter_class=_Formatter,
+        "pope", formatter_class=HelpFormatter,
         help="POPE object hallucination: accuracy, F1, yes-ratio (the paper's Table 3)",
         description="Evaluate object hallucination on POPE: yes/no questions in the random, popular and "
                     "adversarial subsets; accuracy, precision, recall, F1 (positive = yes) and the yes-ratio "
