@@ -35,7 +35,8 @@ from tinygg.train.config import Freeze, Lora
 from tinygg.train.feature_cache import FeatureCache, tower_fingerprint
 from tinygg.train.freeze import apply_freeze
 
-WORDS = ["the", "a", "red", "blue", "small", "large", "cube", "sphere", "cylinder", "left", "right", "of", "behind", "metal", "rubber", "shiny", "next", "to"]
+WORDS = ["the", "a", "red", "blue", "small", "large", "cube", "sphere", "cylinder", "left", "right", "of", "behind",
+         "metal", "rubber", "shiny", "next", "to"]
 
 
 def make_corpus(root: Path, n: int, seed: int = 0) -> Path:

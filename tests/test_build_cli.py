@@ -65,8 +65,9 @@ def test_build_tiny_then_predict_draws_boxes(tmp_path, photo, capsys):
     img = tmp_path / "photo.png"
     photo.save(img)
     out_png = tmp_path / "pred.png"
-    code = main(["predict", "--model", str(ckpt), "--image", str(img), "--prompt", ("Output the coordinate of "
-                 "the astronaut."), "--object", "10,10,200,300", "--out", str(out_png), "--max-new-tokens", "8"])
+    code = main(["predict", "--model", str(ckpt), "--image", str(img),
+                 "--prompt", "Output the coordinate of the astronaut.", "--object", "10,10,200,300",
+                 "--out", str(out_png), "--max-new-tokens", "8"])
     assert code == 0
     drawn = Image.open(out_png)
     assert drawn.size == photo.size

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("build", formatter_class=HelpFormatter, help="assemble a stage-0 checkpoint from components",
+    p = sub.add_parser("build", formatter_class=HelpFormatter,
+                       help="assemble a stage-0 checkpoint from components",
                        description="Assemble a stage-0 checkpoint: pretrained CLIP ViT-L/14-336, DINOv2-L and "
                                    "Qwen2.5 (hub ids or local directories) plus a fresh projector; `tiny` builds a "
                                    "random CPU-sized model with a locally built tokenizer (no download).")

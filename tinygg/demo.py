@@ -6,8 +6,8 @@ Two modes:
   real pipeline: synthetic corpora and DiG pairs, stage 1 (single-object scenes: object image -> box and
   text -> box), stage 2 (multi-object REC with attributes), stage 3 (all grounding tasks with relations, plus
   the DiG question answered by supervision on single/dual pairs), then the DiG stage: a supervised warm start
-  in three cycles on single-difference pairs of 1-3 objects with some REC replayed (``Plan.dig_warmup``), then GRPO on mixed
-  pairs. ``--dig-from MODEL`` runs only the DiG stage, from a given stage-3 checkpoint.
+  in three cycles on single-difference pairs of 1-3 objects with some REC replayed (``Plan.dig_warmup``), then
+  GRPO on mixed pairs. ``--dig-from MODEL`` runs only the DiG stage, from a given stage-3 checkpoint.
   Every stage is a YAML of ``scripts/configs/demo/`` run by :func:`tinygg.train.run` (GRPO by
   :func:`dig.grpo.run_stage`), evaluated with :func:`tinygg.evaluate.rec.evaluate_rec` and
   :func:`dig.evaluate.score_predictions` after it. A restart skips finished stages (their ``final/``) and
@@ -136,6 +136,11 @@ def from_scratch_plan(hours: float, question_first: bool = SHIPPED_QUESTION_FIRS
     questions would come after the image."""
     qf = question_first
     turns = 1 if qf else 4
+
+    def warm_start(name: str, pairs: str, *overrides: str) -> SftStage:  # one cycle of the DiG stage's warm start
+        return SftStage(name, "dig_sft.yaml", ((f"{pairs}_sft.json", 1.0), (f"{single}/train.json", 0.15),
+                                               (f"{full}/train.json", 0.1)), overrides)
+
     single, attr, full = ("synth_single_qf", "synth_attr_qf", "synth_full_qf") if qf else (
         "synth_single", "synth_attr_t4", "synth_full_t4")
     return Plan(
@@ -160,12 +165,10 @@ def from_scratch_plan(hours: float, question_first: bool = SHIPPED_QUESTION_FIRS
                                                (f"{single}/train.json", 0.3), ("dig_sft.json", 1.0))),
         ],
         # replaying some REC keeps stage 3's grounding (without it single-object REC fell from 88% to 55%)
-        # three cosine cycles: the second repeats the first's pairs (F1 +0.02 on 600 held-out pairs, section 17), the
-        # third is on fresh ones (+0.03 more, section 18)
-        dig_warmup=tuple(SftStage(name, "dig_sft.yaml", ((f"{pairs}_sft.json", 1.0), (f"{single}/train.json", 0.15),
-                                                         (f"{full}/train.json", 0.1)), overrides)
-                         for name, pairs, overrides in (("dig_sft", "dig_few", ()), ("dig_sft2", "dig_few", ("seed=1",)),
-                                                        ("dig_sft3", "dig_few2", ("seed=2",)))),
+        # three cosine cycles: the second repeats the first's pairs (F1 +0.02 on 600 held-out pairs, section 17),
+        # the third is on fresh ones (+0.03 more, section 18)
+        dig_warmup=(warm_start("dig_sft", "dig_few"), warm_start("dig_sft2", "dig_few", "seed=1"),
+                    warm_start("dig_sft3", "dig_few2", "seed=2")),
         rec_tests=(single, attr, full),
         steps_scale=hours / NOMINAL_HOURS,
         rec_prompt=rec_prompt(qf),

@@ -347,4 +347,5 @@ def _per_sample(values: Any, n: int, name: str, leaf_is_list: bool = False) -> l
     return [[v] if is_leaf(v) else list(v or []) for v in values]
 
 
-__all__ = ["CHAT_TEMPLATE", "DEFAULT_SYSTEM", "IGNORE_INDEX", "TinyGGProcessor", "load_image", "placeholder_kinds"]
+__all__ = ["CHAT_TEMPLATE", "DEFAULT_SYSTEM", "IGNORE_INDEX", "TinyGGProcessor", "load_image",
+           "placeholder_kinds"]
