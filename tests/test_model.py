@@ -36,6 +36,39 @@ def test_unknown_preset_suggests():
 def test_config_validation_names_field():
     with pytest.raises(ValueError, match="object_tokens must be a perfect square"):
         TinyGGConfig.from_preset("tiny", object_tokens=10)
+    with pytest.raises(ValueError, match="image_token_merge 3 does not divide the 8x8 patch grid"):
+        TinyGGConfig.from_preset("tiny", image_token_merge=3)
+    with pytest.raises(ValueError, match="object_tokens 16 with image_token_merge 4 needs a 16x16 grid"):
+        TinyGGConfig.from_preset("tiny", image_token_merge=4)
+
+
+def test_image_token_merge_concatenates_neighbouring_patches(tmp_path):
+    """merge 2: an <image> is a quarter of the tokens, each the projection of a 2 x 2 block of patch
+    features; the model saves, reloads and generates the same way batched and alone."""
+    from transformers import AutoModelForImageTextToText
+
+    from tinygg.build import build_model, save_checkpoint
+    from tinygg.inference import Query, generate
+
+    model, processor = build_model("tiny", seed=0, image_token_merge=2)
+    model.eval()
+    cfg = model.config
+    assert cfg.num_image_tokens == processor.num_image_tokens == 16
+    assert model.model.multi_modal_projector.linear_1.in_features == 4 * cfg.vision_feature_dim
+    pixels = processor(text=[_prompt(processor, "<image>\nhi")], images=[random_image(40, 40)])["pixel_values"]
+    with torch.no_grad():
+        feats = model.model.vision_tower(pixels)  # (1, 64, C) on the 8 x 8 grid
+        img, _ = model.model.get_image_features(pixels)
+        grid = feats[0].reshape(8, 8, -1)
+        block = torch.cat([grid[2, 4], grid[2, 5], grid[3, 4], grid[3, 5]])  # merged token (row 1, col 2)
+        assert torch.allclose(img[1 * 4 + 2], model.model.multi_modal_projector(block), atol=1e-6)
+    out = save_checkpoint(model, processor, tmp_path / "merged")
+    loaded = AutoModelForImageTextToText.from_pretrained(out).eval()
+    assert loaded.config.image_token_merge == 2
+    qs = [Query("Output the coordinate of the red cube.", [random_image(64, 64, 3)]),
+          Query("What is this <object>?", [random_image(50, 90, 4)], [[5, 5, 40, 60]])]
+    assert generate(loaded, processor, qs, batch_size=2, max_new_tokens=8) == \
+        generate(model, processor, qs, batch_size=1, max_new_tokens=8)
 
 
 def _prompt(processor, value):

@@ -48,7 +48,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .build import build_model, save_checkpoint
 
     model, processor = build_model(args.preset, clip=args.clip, dino=args.dino, llm=args.llm, seed=args.seed,
-                                   dtype=getattr(torch, args.dtype), embed_std=args.embed_std)
+                                   dtype=getattr(torch, args.dtype), embed_std=args.embed_std,
+                                   image_token_merge=args.image_token_merge)
     out = save_checkpoint(model, processor, args.out)
     n = sum(p.numel() for p in model.parameters())
     print(f"built {args.preset} TinyGroundingGPT ({n / 1e6:.1f}M parameters; {model.config.num_image_tokens} "
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-std", type=float, metavar="S",
                    help="draw a random LLM's token embeddings at std S instead of 0.02 (tiny preset without "
                         "--llm; docs/demo_recipe.md section 14)")
+    p.add_argument("--image-token-merge", type=int, default=1, metavar="K",
+                   help="one LLM token per K x K block of patches (their features concatenated before the "
+                        "projector): K*K times fewer tokens per <image>")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("predict", formatter_class=HelpFormatter, help="answer one prompt about one image",

@@ -87,6 +87,9 @@ class TinyGGConfig(PreTrainedConfig):
         vision_feature_layer: hidden layer taken from each tower (-2: the penultimate block).
         projector_type: only ``mlp2x_gelu``.
         object_tokens: tokens one ``<object>`` crop is pooled to; a perfect square (8 x 8 = 64 by default).
+        image_token_merge: k: every k x k block of neighbouring patches becomes one token (their features
+            concatenated before the projector, as Qwen2-VL's patch merger does), so an ``<image>`` costs the
+            LLM k*k times fewer tokens. 1 (the paper's layout) keeps one token per patch.
         image_token_id, object_token_id: ids of ``<image>`` and ``<object>`` in the tokenizer.
     """
 
@@ -108,6 +111,7 @@ class TinyGGConfig(PreTrainedConfig):
     vision_feature_layer: int = -2
     projector_type: str = "mlp2x_gelu"
     object_tokens: int = 64
+    image_token_merge: int = 1
     image_token_id: int | None = None
     object_token_id: int | None = None
     preset: str | None = None
@@ -126,6 +130,8 @@ class TinyGGConfig(PreTrainedConfig):
         side = math.isqrt(self.object_tokens)
         if side * side != self.object_tokens or side == 0:
             raise ValueError(f"object_tokens must be a perfect square (e.g. 16, 64); got {self.object_tokens}")
+        if self.image_token_merge < 1:
+            raise ValueError(f"image_token_merge must be >= 1; got {self.image_token_merge}")
         if self.clip_config is None or self.dino_config is None:
             return
         for name, sub in (("clip_config", self.clip_config), ("dino_config", self.dino_config)):
@@ -136,9 +142,14 @@ class TinyGGConfig(PreTrainedConfig):
             raise ValueError("clip_config.patch_size and dino_config.patch_size must give the same grid at "
                              f"image_size {self.image_size}; got {self.clip_config.patch_size} and "
                              f"{self.dino_config.patch_size}")
-        if self.grid_size < side:
-            raise ValueError(f"object_tokens {self.object_tokens} needs a {side}x{side} grid but the towers give "
-                             f"{self.grid_size}x{self.grid_size}: lower object_tokens or raise image_size")
+        if self.grid_size % self.image_token_merge:
+            raise ValueError(f"image_token_merge {self.image_token_merge} does not divide the "
+                             f"{self.grid_size}x{self.grid_size} patch grid")
+        need = side * self.image_token_merge
+        if self.grid_size < need:
+            merged = f" with image_token_merge {self.image_token_merge}" if self.image_token_merge > 1 else ""
+            raise ValueError(f"object_tokens {self.object_tokens}{merged} needs a {need}x{need} grid but the towers "
+                             f"give {self.grid_size}x{self.grid_size}: lower object_tokens or raise image_size")
         n = abs(self.vision_feature_layer)
         for name, sub in (("clip_config", self.clip_config), ("dino_config", self.dino_config)):
             if self.vision_feature_layer == 0 or n > sub.num_hidden_layers + 1:
@@ -152,13 +163,19 @@ class TinyGGConfig(PreTrainedConfig):
 
     @property
     def num_image_tokens(self) -> int:
-        """Tokens one ``<image>`` expands to: the patch grid (CLS dropped), e.g. 24 x 24 = 576 at 336 px."""
-        return self.grid_size * self.grid_size
+        """Tokens one ``<image>`` expands to: the patch grid (CLS dropped), e.g. 24 x 24 = 576 at 336 px,
+        divided by ``image_token_merge ** 2``."""
+        return (self.grid_size // self.image_token_merge) ** 2
 
     @property
     def vision_feature_dim(self) -> int:
         """Channels of the concatenated tower features (1024 + 1024 = 2048 for the real towers)."""
         return self.clip_config.hidden_size + self.dino_config.hidden_size
+
+    @property
+    def projector_input_dim(self) -> int:
+        """Channels of one projector input token: the tower features of ``image_token_merge ** 2`` patches."""
+        return self.vision_feature_dim * self.image_token_merge ** 2
 
     # ------------------------------------------------------------------ presets
     @classmethod

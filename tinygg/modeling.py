@@ -8,6 +8,7 @@ in ``input_ids`` (row-major over the batch): the model tells images from objects
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,13 +39,25 @@ class TinyGGCausalLMOutputWithPast(ModelOutput):
     image_hidden_states: torch.Tensor | None = None
 
 
+def merge_patches(features: torch.Tensor, merge: int) -> torch.Tensor:
+    """(n, g*g, C) patch features in row-major order -> (n, (g/merge)**2, merge*merge*C): each merge x merge
+    block of neighbours concatenated into one token (row-major blocks; inside a block, row-major patches)."""
+    if merge == 1:
+        return features
+    n, tokens, channels = features.shape
+    g = math.isqrt(tokens)
+    s = g // merge
+    x = features.reshape(n, s, merge, s, merge, channels).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, s * s, merge * merge * channels)
+
+
 class TinyGGProjector(nn.Module):
-    """``mlp2x_gelu``: Linear(C_vision, H) -> GELU -> Linear(H, H)."""
+    """``mlp2x_gelu``: Linear(C_vision * merge**2, H) -> GELU -> Linear(H, H)."""
 
     def __init__(self, config: TinyGGConfig) -> None:
         super().__init__()
         hidden = config.text_config.hidden_size
-        self.linear_1 = nn.Linear(config.vision_feature_dim, hidden)
+        self.linear_1 = nn.Linear(config.projector_input_dim, hidden)
         self.act = ACT2FN["gelu"]
         self.linear_2 = nn.Linear(hidden, hidden)
 
@@ -109,12 +122,14 @@ class TinyGGModel(TinyGGPreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     def pool_objects(self, features: torch.Tensor) -> torch.Tensor:
-        """(n, grid*grid, C) crop features -> (n, object_tokens, C) by average pooling on the patch grid."""
+        """(n, grid*grid, C) crop features -> (n, object_tokens, C * merge**2): average pooling on the patch
+        grid to ``sqrt(object_tokens) * image_token_merge`` a side, then the same patch merge as images."""
         n, _, channels = features.shape
-        grid, side = self.config.grid_size, int(self.config.object_tokens ** 0.5)
+        merge = self.config.image_token_merge
+        grid, side = self.config.grid_size, math.isqrt(self.config.object_tokens) * merge
         x = features.transpose(1, 2).reshape(n, channels, grid, grid)
         x = F.adaptive_avg_pool2d(x.float(), side).to(features.dtype)
-        return x.flatten(2).transpose(1, 2)  # (n, side*side, C)
+        return merge_patches(x.flatten(2).transpose(1, 2), merge)  # (n, object_tokens, C * merge**2)
 
     def get_image_features(self, pixel_values: torch.Tensor, is_object: torch.Tensor | None = None,
                            vision_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +144,8 @@ class TinyGGModel(TinyGGPreTrainedModel):
             is_object = torch.zeros(feats.shape[0], dtype=torch.bool, device=feats.device)
         is_object = is_object.to(feats.device)
         proj_dtype = self.multi_modal_projector.linear_1.weight.dtype
-        images = self.multi_modal_projector(feats[~is_object].to(proj_dtype))
+        images = self.multi_modal_projector(merge_patches(feats[~is_object], self.config.image_token_merge)
+                                            .to(proj_dtype))
         objects = self.multi_modal_projector(self.pool_objects(feats[is_object]).to(proj_dtype))
         hidden = images.shape[-1]
         return images.reshape(-1, hidden), objects.reshape(-1, hidden)

@@ -57,6 +57,7 @@ class TrainConfig:
     stage: str = "custom"
     init: str = "preset:tiny"  # checkpoint dir, zoo name, or preset:NAME for a fresh stage-0 model
     init_embed_std: float | None = None  # preset init only: token embeddings drawn at this std (tinygg.build)
+    init_image_token_merge: int = 1  # preset init only: one LLM token per k x k patches (TinyGGConfig)
     data: list[DataSource] = field(default_factory=list)
     output_dir: str = "runs/custom"
     freeze: Freeze = field(default_factory=Freeze)
@@ -107,6 +108,9 @@ class TrainConfig:
             raise ValueError(f"lr_scheduler: unknown {self.lr_scheduler!r}")
         if self.init_embed_std is not None and not self.init.startswith("preset:"):
             raise ValueError(f"init_embed_std applies to a fresh model (init=preset:NAME); init is {self.init!r}")
+        if self.init_image_token_merge != 1 and not self.init.startswith("preset:"):
+            raise ValueError("init_image_token_merge applies to a fresh model (init=preset:NAME); a checkpoint "
+                             f"keeps its own; init is {self.init!r}")
         if self.answer_gap_every < 0 or self.answer_gap_from < 0:
             raise ValueError("answer_gap_every and answer_gap_from must be >= 0")
         if self.answer_gap_every and self.max_steps <= 0:

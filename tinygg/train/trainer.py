@@ -130,7 +130,8 @@ def load_init(cfg: TrainConfig):
     if cfg.init.startswith("preset:"):
         from ..build import build_model
 
-        return build_model(cfg.init.split(":", 1)[1], seed=cfg.seed, embed_std=cfg.init_embed_std)
+        return build_model(cfg.init.split(":", 1)[1], seed=cfg.seed, embed_std=cfg.init_embed_std,
+                           image_token_merge=cfg.init_image_token_merge)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import tinygg  # noqa: F401
