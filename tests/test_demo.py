@@ -172,12 +172,14 @@ def test_from_scratch_miniature_runs_every_stage_resumes_and_ships(tmp_path: Pat
     full = demo.from_scratch_plan(2.0)
     plan = replace(full, corpora=[replace(c, n=6, test_fraction=0.4) for c in full.corpora],
                    pair_sets={k: replace(ps, n=3) for k, ps in full.pair_sets.items()},
-                   steps_scale=1 / 2000, eval_limit=4)
+                   steps_scale=1 / 2000, eval_limit=4, image_token_merge=2)
     out = tmp_path / "run"
     ship_root, registry = tmp_path / "shipped", tmp_path / "registry.yaml"
     registry.write_text("version: 1\nmodels: []\n")
     s = demo.from_scratch(out, plan, ship_to=(ship_root, registry), progress=False)
     assert list(s["stages"]) == ["stage1", "stage2", "stage3", "dig"]
+    for name in ("stage1", "stage2", "stage3", "dig"):  # the model stage 1 built, carried through every stage
+        assert json.loads((out / name / "final" / "config.json").read_text())["image_token_merge"] == 2
     for name in ("stage1", "stage2", "stage3"):
         assert (out / name / "final" / "model.safetensors").exists()
         assert set(s["stages"][name]["rec"]) == set(plan.rec_tests)

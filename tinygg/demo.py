@@ -51,6 +51,8 @@ SHIPPED = {"stage3": "tinygg-tiny-stage3", "dig": "tinygg-tiny-dig"}
 #: asks them, and ``--from-scratch`` trains, in this layout unless ``--layout`` says otherwise.
 SHIPPED_QUESTION_FIRST = False
 LAYOUTS = {"image-first": False, "question-first": True}
+#: Patches per LLM token (k x k) of the model the from-scratch plan builds (TinyGGConfig.image_token_merge).
+SHIPPED_IMAGE_TOKEN_MERGE = 1
 SINGLE_OBJECT = "single object"  # the default demo's extra REC test: scenes of one object
 #: The default demo's fresh corpus: the four grounding tasks of the paper (its numbers in the README were measured
 #: on these; ``box2attr`` is a recipe experiment, docs/demo_recipe.md section 8).
@@ -115,6 +117,7 @@ class Plan:
     eval_limit: int = 300  # REC rows per test file
     rec_prompt: str = "Output the coordinate of <exp>"  # REC questions at evaluation, in the corpora's layout
     steps_scale: float = 1.0
+    image_token_merge: int = 1  # the fresh model's patches per LLM token, k x k (TinyGGConfig.image_token_merge)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,7 +128,8 @@ def rec_prompt(question_first: bool) -> str:
     return with_image(Plan.rec_prompt, question_first=True) if question_first else Plan.rec_prompt
 
 
-def from_scratch_plan(hours: float, question_first: bool = SHIPPED_QUESTION_FIRST) -> Plan:
+def from_scratch_plan(hours: float, question_first: bool = SHIPPED_QUESTION_FIRST,
+                      image_token_merge: int = SHIPPED_IMAGE_TOKEN_MERGE) -> Plan:
     """The run that trains the shipped checkpoints (docs/demo_recipe.md says why each choice): single-object
     localisation first (the longest stage), then multi-object attribute REC, then everything with relations and
     the DiG question, each later stage replaying single-object data; the multi-object corpora ask up to four
@@ -172,6 +176,7 @@ def from_scratch_plan(hours: float, question_first: bool = SHIPPED_QUESTION_FIRS
         rec_tests=(single, attr, full),
         steps_scale=hours / NOMINAL_HOURS,
         rec_prompt=rec_prompt(qf),
+        image_token_merge=image_token_merge,
     )
 
 
@@ -422,7 +427,7 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
              for t in plan.rec_tests}
 
     summary: dict[str, Any] = {"mode": "from-scratch", "hours_budget": hours, "rec_prompt": plan.rec_prompt,
-                               "stages": {}}
+                               "image_token_merge": plan.image_token_merge, "stages": {}}
 
     @functools.cache
     def pair_files() -> dict[str, Path]:  # every pair set, made when first needed
@@ -448,9 +453,11 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
 
     if stage3_from is None:
         init = "preset:tiny"
+        fresh = (f"init_image_token_merge={plan.image_token_merge}",)  # the first stage builds the model
         for stage in plan.stages:
             need_pairs(stage)
-            final = run_sft_stage(stage, init, data, out / stage.name, plan.steps_scale, stage.overrides)
+            final = run_sft_stage(stage, init, data, out / stage.name, plan.steps_scale, fresh + stage.overrides)
+            fresh = ()
             summary["stages"][stage.name] = {"checkpoint": str(final), "rec": rec(final, stage.name, vis=8)}
             init = str(final)
         stage3 = Path(init)
@@ -487,9 +494,14 @@ def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def _merge_words(k: int) -> str:
+    return f" (one LLM token per {k} x {k} patches)" if k > 1 else ""
+
+
 def from_scratch_report(s: dict[str, Any]) -> str:
     lines = ["# tinygg demo --from-scratch", "",
-             f"Tiny preset from random init; budget {s['hours_budget']} h.", "",
+             (f"Tiny preset from random init{_merge_words(s.get('image_token_merge', 1))}; budget "
+              f"{s['hours_budget']} h."), "",
              "| stage | test | split | Acc@0.5 |", "|---|---|---|---|"]
     for name, e in s["stages"].items():
         for t, accs in e["rec"].items():
@@ -724,6 +736,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "see it; docs/demo_recipe.md sections 14-15). --from-scratch trains in it; the default demo "
                         "asks the models in it and trains them briefly in it. The default is the shipped "
                         "checkpoints' layout")
+    p.add_argument("--image-token-merge", type=int, default=SHIPPED_IMAGE_TOKEN_MERGE, metavar="K",
+                   help="--from-scratch: the fresh model gives the LLM one token per K x K patches (K*K times "
+                        "fewer image tokens; docs/demo_recipe.md section 19). The default is the shipped "
+                        "checkpoints'")
     p.add_argument("--dig-from", default=None, metavar="MODEL",
                    help="--from-scratch: skip stages 1-3 and run only the DiG stage (supervised warm start, then "
                         "GRPO) from this stage-3 checkpoint (dir or zoo name); with --ship only the DiG result "
@@ -744,7 +760,10 @@ def _handler(args: argparse.Namespace) -> int:
         if args.ship and LAYOUTS[args.layout] != SHIPPED_QUESTION_FIRST:
             raise SystemExit(f"tinygg demo: --ship with --layout {args.layout}: the default demo asks the shipped "
                              "checkpoints in their layout, tinygg.demo.SHIPPED_QUESTION_FIRST; set it first")
-        plan = from_scratch_plan(args.hours, LAYOUTS[args.layout])
+        if args.ship and args.image_token_merge != SHIPPED_IMAGE_TOKEN_MERGE:
+            raise SystemExit(f"tinygg demo: --ship with --image-token-merge {args.image_token_merge}: the shipped "
+                             "plan builds tinygg.demo.SHIPPED_IMAGE_TOKEN_MERGE; set it first")
+        plan = from_scratch_plan(args.hours, LAYOUTS[args.layout], args.image_token_merge)
         stage3_from = None
         if args.dig_from:
             from tinygg.inference import resolve_model_path
