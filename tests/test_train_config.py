@@ -67,9 +67,12 @@ def test_bad_overrides_name_the_field(override, msg):
         load_config(None, [override])
 
 
-def test_init_embed_std_needs_a_fresh_model():
+def test_fresh_model_settings_need_a_fresh_model():
     with pytest.raises(ValueError, match="init_embed_std applies to a fresh model"):
         load_config(None, ["init=runs/stage1/final", "init_embed_std=0.2"])
+    with pytest.raises(ValueError, match="init_image_token_merge applies to a fresh model"):
+        load_config(None, ["init=runs/stage1/final", "init_image_token_merge=2"])
+    assert load_config(None, ["preset=tiny", "init_image_token_merge=2"]).init_image_token_merge == 2
 
 
 def test_init_embed_std_reaches_the_fresh_model():

@@ -142,7 +142,8 @@ def test_feature_cache_ranks_cover_every_picture_whatever_is_cached(rec_train_js
     cache.fill(ds, tower, rank=0, world=2)  # rank 0 finishes first ...
     cache.fill(ds, tower, rank=1, world=2)  # ... then rank 1 looks at the disk
     for i in range(len(ds)):
-        assert ds[i]["vision_features"].shape == (1, model.config.num_image_tokens, model.config.vision_feature_dim)
+        # the towers' patch grid, before any image-token merge (tinygg.modeling.merge_patches)
+        assert ds[i]["vision_features"].shape == (1, model.config.grid_size ** 2, model.config.vision_feature_dim)
 
 
 def test_feature_cache_fingerprint_tells_apart_the_layer_read_from_the_towers(tiny_model):

@@ -453,11 +453,10 @@ def from_scratch(out: Path, plan: Plan, ship_to: tuple[Path, Path] | None = None
 
     if stage3_from is None:
         init = "preset:tiny"
-        fresh = (f"init_image_token_merge={plan.image_token_merge}",)  # the first stage builds the model
         for stage in plan.stages:
             need_pairs(stage)
-            final = run_sft_stage(stage, init, data, out / stage.name, plan.steps_scale, fresh + stage.overrides)
-            fresh = ()
+            built = (f"init_image_token_merge={plan.image_token_merge}",) if init.startswith("preset:") else ()
+            final = run_sft_stage(stage, init, data, out / stage.name, plan.steps_scale, built + stage.overrides)
             summary["stages"][stage.name] = {"checkpoint": str(final), "rec": rec(final, stage.name, vis=8)}
             init = str(final)
         stage3 = Path(init)

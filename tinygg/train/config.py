@@ -106,11 +106,11 @@ class TrainConfig:
                              f"{self.per_device_batch_size}")
         if self.lr_scheduler not in ("cosine", "linear", "constant", "constant_with_warmup"):
             raise ValueError(f"lr_scheduler: unknown {self.lr_scheduler!r}")
-        if self.init_embed_std is not None and not self.init.startswith("preset:"):
-            raise ValueError(f"init_embed_std applies to a fresh model (init=preset:NAME); init is {self.init!r}")
-        if self.init_image_token_merge != 1 and not self.init.startswith("preset:"):
-            raise ValueError("init_image_token_merge applies to a fresh model (init=preset:NAME); a checkpoint "
-                             f"keeps its own; init is {self.init!r}")
+        fresh_only = {"init_embed_std": self.init_embed_std is not None,
+                      "init_image_token_merge": self.init_image_token_merge != 1}
+        for name, is_set in fresh_only.items():  # settings of a model built here, not of a loaded checkpoint
+            if is_set and not self.init.startswith("preset:"):
+                raise ValueError(f"{name} applies to a fresh model (init=preset:NAME); init is {self.init!r}")
         if self.answer_gap_every < 0 or self.answer_gap_from < 0:
             raise ValueError("answer_gap_every and answer_gap_from must be >= 0")
         if self.answer_gap_every and self.max_steps <= 0:
