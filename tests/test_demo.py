@@ -106,6 +106,22 @@ def test_question_first_plan_asks_every_question_before_the_image(tmp_path: Path
                         for r in rows)
 
 
+def test_eval_resumes_whether_paths_are_given_relative_or_absolute(tmp_path: Path, monkeypatch) -> None:
+    corpus = replace(demo.from_scratch_plan(2.0).corpora[1], n=4, test_fraction=0.5)
+    folder = demo.make_corpus(corpus, tmp_path, progress=False)
+    from tinygg.build import build_model
+
+    model, processor = build_model("tiny")
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    monkeypatch.chdir(tmp_path)
+    for spelling in (Path("."), tmp_path):  # a resumed `tinygg demo --out` may spell the run folder either way
+        specs = demo.split_rec_rows(folder / "test_rec.jsonl", spelling / "rows", limit=2)
+        demo.eval_rec(spelling / "ckpt", specs, spelling / "eval")
+    assert all(Path(s.split(":", 1)[1].rsplit(":", 1)[0]).is_absolute() for s in specs)
+    assert len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()) == 2 * len(specs)
+
+
 def test_rec_rows_split_by_relation(tmp_path: Path) -> None:
     rows = [{"img_path": "images/a.png", "expression": "the red cube", "bbox": [1, 2, 3, 4]},
             {"img_path": "images/a.png", "expression": "the cube left of the red sphere", "bbox": [1, 2, 3, 4]}]
