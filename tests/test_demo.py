@@ -118,7 +118,6 @@ def test_eval_resumes_whether_paths_are_given_relative_or_absolute(tmp_path: Pat
     for spelling in (Path("."), tmp_path):  # a resumed `tinygg demo --out` may spell the run folder either way
         specs = demo.split_rec_rows(folder / "test_rec.jsonl", spelling / "rows", limit=2)
         demo.eval_rec(spelling / "ckpt", specs, spelling / "eval")
-    assert all(Path(s.split(":", 1)[1].rsplit(":", 1)[0]).is_absolute() for s in specs)
     assert len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()) == 2 * len(specs)
 
 

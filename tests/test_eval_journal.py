@@ -39,3 +39,17 @@ def test_settings_guard_and_fresh(tmp_path):
     with pytest.raises(ValueError, match=r"model: 'm1' -> 'm2'"):
         open_run(tmp_path, {"model": "m2", "prompt": "p"})
     assert open_run(tmp_path, {"model": "m2", "prompt": "p"}, fresh=True).load() == {}
+
+
+def test_settings_name_files_relative_or_absolute(tmp_path, monkeypatch):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "rows.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    open_run(tmp_path / "out", {"model": "ckpt", "data": ["jsonl:rows.jsonl:val"]}).append([{"split": "a", "id": "1"}])
+    same = {"model": str(tmp_path / "ckpt"), "data": [f"jsonl:{tmp_path / 'rows.jsonl'}:val"]}
+    assert set(open_run("out", same).load()) == {("a", "1")}
+    (tmp_path / "other.jsonl").write_text("")
+    with pytest.raises(ValueError, match="data: "):
+        open_run("out", dict(same, data=["jsonl:other.jsonl:val"]))
+    with pytest.raises(ValueError, match="data: "):  # the same file named for another split
+        open_run("out", dict(same, data=["jsonl:rows.jsonl:test"]))

@@ -228,7 +228,7 @@ def split_rec_rows(test_rec: Path, out_dir: Path, limit: int | None = None, spli
         if not group:
             continue
         group = group[:limit] if limit else group
-        path = out_dir.resolve() / f"{name.replace(' ', '_')}.jsonl"  # one spelling, however out_dir is given
+        path = out_dir / f"{name.replace(' ', '_')}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in group))
         specs.append(f"jsonl:{path}:{name}")
     return specs
@@ -380,7 +380,7 @@ def eval_rec(model_dir: Path, specs: list[str], out_dir: Path, vis: int = 0,
     samples, problems = load_rec_data(specs)
     model, processor = load_model(model_dir, dtype=__import__("torch").float32, device="cpu")
     return evaluate_rec(model, processor, samples, out_dir, prompt=prompt, batch_size=16, vis=vis,
-                        problems=problems, settings={"model": str(Path(model_dir).resolve()), "data": specs}, progress=True)
+                        problems=problems, settings={"model": str(model_dir), "data": specs}, progress=True)
 
 
 def eval_dig(model_dir: Path, pairs_file: Path, out_dir: Path, vis: int = 0) -> dict[str, Any]:

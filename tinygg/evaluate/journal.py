@@ -82,12 +82,22 @@ class Journal:
             os.fsync(f.fileno())
 
 
+def _same_files(value: Any) -> Any:
+    """``value`` with every ``:``-separated part that names an existing file or folder replaced by its absolute
+    path, so that ``runs/x`` and ``/home/me/runs/x`` (or ``jsonl:runs/x.jsonl:val``) compare equal."""
+    if isinstance(value, list):
+        return [_same_files(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    return ":".join(str(Path(part).resolve()) if part and Path(part).exists() else part for part in value.split(":"))
+
+
 def open_run(out_dir: str | os.PathLike, settings: dict[str, Any], fresh: bool = False,
              key_fields: Sequence[str] = ("split", "id")) -> Journal:
     """The journal of ``out_dir``, checked against the run's ``settings`` (written to ``run.json``).
 
     Raises ``ValueError`` when earlier predictions there were made with other settings (unless ``fresh``,
-    which deletes them).
+    which deletes them); a file or folder spelled another way (relative / absolute) is the same setting.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +108,8 @@ def open_run(out_dir: str | os.PathLike, settings: dict[str, Any], fresh: bool =
         journal.path.unlink()
     if journal.path.exists() and journal.path.stat().st_size and manifest.exists():
         before = json.loads(manifest.read_text())
-        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        changed = {k: (before.get(k), v) for k, v in settings.items()
+                   if _same_files(before.get(k)) != _same_files(v)}
         if changed:
             detail = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise ValueError(f"{out} holds predictions of a run with other settings ({detail}); resume "
